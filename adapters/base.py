@@ -1,0 +1,136 @@
+"""The one interface every backend implements: `handle(request) -> response`, like httpx's transports.
+
+A backend receives the client's body as bytes and answers with a status, headers and a body that
+is read chunk by chunk as it arrives, so a relaying backend never buffers a stream.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+
+# What the client asked for; each backend maps these onto its own paths.
+Endpoint = Literal["chat", "agent_chat", "completions", "embeddings", "models"]
+
+
+@dataclass(slots=True)
+class BackendRequest:
+    endpoint: Endpoint
+    body: bytes = b""
+    stream: bool = False
+    # The workspace's LLMTune key; only the hosted backend sends it anywhere.
+    api_key: str | None = field(default=None, repr=False)
+    # Client headers worth forwarding (Accept, Idempotency-Key, OpenAI-Beta ...), already filtered.
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # The parsed body, for backends that must read it (echo); relaying backends ignore it.
+    payload: dict[str, Any] | None = None
+
+
+class BackendUnavailable(Exception):
+    """The backend could not be reached or did not answer in time; nothing was sent to the client."""
+
+    def __init__(self, message: str, *, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
+class UpstreamBroken(Exception):
+    """The body broke off after the status was sent: the connection died or went silent."""
+
+
+class BackendResponse(abc.ABC):
+    status: int
+    headers: Mapping[str, str]
+
+    @abc.abstractmethod
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; raises UpstreamBroken if it breaks off."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release the connection (closing it if the body was not read to the end)."""
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.headers.get("Content-Length")
+        return int(value) if value and value.isdigit() else None
+
+    async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self.chunks():
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamBroken(f"response larger than {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+class BytesResponse(BackendResponse):
+    """A response made in-process (the echo backend, translated model lists)."""
+
+    def __init__(self, status: int, body: bytes | AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
+        self.status = status
+        self.headers = dict(headers)
+        if isinstance(body, bytes):
+            self.headers["Content-Length"] = str(len(body))
+        self._body = body
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if isinstance(self._body, bytes):
+            yield self._body
+            return
+        async for chunk in self._body:
+            yield chunk
+
+    async def aclose(self) -> None:
+        if not isinstance(self._body, bytes):
+            await self._body.aclose()  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterContext:
+    """What every backend shares: the pooled client session and the timeouts."""
+
+    session: aiohttp.ClientSession
+    connect_timeout: float = 10.0
+    first_byte_timeout: float = 300.0
+    read_timeout: float = 120.0
+
+
+class Backend(abc.ABC):
+    """One upstream. Subclasses live one per file in this package and register in __init__."""
+
+    kind: str = "abstract"
+    # Whether this backend's model list depends on the workspace's key (cached per workspace).
+    per_workspace_models: bool = False
+
+    def __init__(
+        self,
+        name: str,
+        context: AdapterContext,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        models: tuple[str, ...] = (),
+    ) -> None:
+        self.name = name
+        self.context = context
+        self.url = url
+        self._api_key = api_key
+        self.static_models = models
+
+    @abc.abstractmethod
+    async def handle(self, request: BackendRequest) -> BackendResponse:
+        """Send one request; raise BackendUnavailable if the upstream cannot be reached in time."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.kind, "url": self.url}

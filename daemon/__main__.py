@@ -1,0 +1,3 @@
+from llmtune_companion.cli import main
+
+raise SystemExit(main())

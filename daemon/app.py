@@ -1,0 +1,68 @@
+"""The application factory: `create_app(paths)` builds the whole daemon, resources in cleanup_ctx."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from . import control, proxy
+from .keys import CONTROL_TOKEN, RUNTIME
+from .paths import Paths
+from .reload import watch_settings
+from .runtime import Runtime
+from .security import guard
+from .settings import Config, load_config
+
+log = logging.getLogger(__name__)
+
+
+def make_session(config: Config) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=config.settings.upstream.pool_size,
+        keepalive_timeout=60,
+        ttl_dns_cache=300,
+        enable_cleanup_closed=True,
+    )
+    # No session-wide timeout: each request sets its own (connect, first byte, between chunks).
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),
+        auto_decompress=False,  # relay bytes as they came; the client decodes
+        skip_auto_headers=("User-Agent",),
+        headers={"User-Agent": "llmtune-companion"},
+        trust_env=False,
+    )
+
+
+def create_app(paths: Paths, config: Config | None = None, *, watch: bool = True) -> web.Application:
+    paths.ensure()
+    config = config or load_config(paths)
+    # Body limits are enforced by our own reader, which follows config reloads.
+    app = web.Application(middlewares=[guard], client_max_size=2**40)
+    app[CONTROL_TOKEN] = control.load_control_token(paths)
+
+    async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
+        session = make_session(config)
+        runtime = Runtime(paths, config, session)
+        app[RUNTIME] = runtime
+        yield
+        await runtime.model_cache.aclose()
+        await session.close()
+
+    app.cleanup_ctx.append(runtime_ctx)
+    if watch:
+        app.cleanup_ctx.append(watch_settings)
+    proxy.add_routes(app)
+    control.add_routes(app)
+    return app
+
+
+def runner_options() -> dict[str, Any]:
+    """Options for AppRunner / TestServer: a client that disconnects cancels its upstream request."""
+    return {"handler_cancellation": True, "access_log": None}
+
+

@@ -1,0 +1,15 @@
+"""Every typed key the application and its requests carry, in one place."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+    from .settings import Workspace
+
+RUNTIME = web.AppKey["Runtime"]("runtime")
+CONTROL_TOKEN = web.AppKey[str]("control_token")
+WORKSPACE = web.RequestKey["Workspace"]("workspace")

@@ -1,0 +1,223 @@
+"""The daemon's live state: the current config and everything built from it, swapped whole on reload."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from .adapters import BACKEND_TYPES, AdapterContext, Backend, BackendRequest
+from .model_cache import CachedList, ModelList, ModelListCache
+from .paths import Paths
+from .routing import Router
+from .settings import ECHO_BACKEND, HOSTED_BACKEND, Config, ConfigError, Workspace, load_config
+
+log = logging.getLogger(__name__)
+
+
+class UpstreamStatusError(Exception):
+    def __init__(self, backend: str, status: int) -> None:
+        super().__init__(f"backend {backend!r} answered HTTP {status}")
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    """What one config builds; replaced as a whole so a request never sees half a reload."""
+
+    config: Config
+    backends: dict[str, Backend]
+    router: Router
+    tokens: tuple[tuple[bytes, Workspace], ...]
+
+
+class Runtime:
+    def __init__(self, paths: Paths, config: Config, session: aiohttp.ClientSession) -> None:
+        self.paths = paths
+        self.session = session
+        self.started_at = time.time()
+        self.config_error: str | None = None
+        self.reloads = 0
+        self.model_cache = ModelListCache(paths.cache_dir, config.settings.cache.models_ttl)
+        self.built = self._build(config)
+        self._listing_memo: dict[str, tuple[tuple[Any, ...], bytes]] = {}
+
+    # -- config -------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        return self.built.config
+
+    @property
+    def backends(self) -> dict[str, Backend]:
+        return self.built.backends
+
+    @property
+    def router(self) -> Router:
+        return self.built.router
+
+    def _build(self, config: Config) -> Built:
+        upstream = config.settings.upstream
+        context = AdapterContext(
+            session=self.session,
+            connect_timeout=upstream.connect_timeout,
+            first_byte_timeout=upstream.first_byte_timeout,
+            read_timeout=upstream.read_timeout,
+        )
+        backends: dict[str, Backend] = {}
+        if config.settings.hosted.enabled:
+            backends[HOSTED_BACKEND] = BACKEND_TYPES["llmtune"](HOSTED_BACKEND, context, url=config.hosted_url)
+        for name, spec in config.backends.items():
+            key = None
+            if spec.api_key_env:
+                key = os.environ.get(spec.api_key_env)
+            backends[name] = BACKEND_TYPES[spec.type](name, context, url=spec.url, api_key=key, models=spec.models)
+        tokens = tuple((ws.token.encode(), ws) for ws in config.workspaces.values())
+        return Built(config, backends, Router(config.settings, backends), tokens)
+
+    def reload(self) -> bool:
+        """Re-read the settings; an invalid edit keeps the last good ones and is reported."""
+        try:
+            config = load_config(self.paths)
+        except ConfigError as exc:
+            self.config_error = str(exc)
+            log.error("config reload failed, keeping the last good settings: %s", exc)
+            return False
+        self.built = self._build(config)
+        self.model_cache.ttl = config.settings.cache.models_ttl
+        self._listing_memo.clear()
+        self.config_error = None
+        self.reloads += 1
+        log.info("settings reloaded (%d workspaces, backends: %s)", len(config.workspaces), ", ".join(self.backends))
+        return True
+
+    def authenticate(self, token: str) -> Workspace | None:
+        """Find the workspace a local token belongs to, comparing every token in constant time."""
+        presented = token.encode()
+        found: Workspace | None = None
+        for expected, workspace in self.built.tokens:
+            if hmac.compare_digest(presented, expected):
+                found = workspace
+        return found
+
+    # -- model lists --------------------------------------------------------------------------
+
+    def _cache_key(self, backend: Backend, workspace: Workspace) -> str:
+        return f"{backend.name}@{workspace.name}" if backend.per_workspace_models else backend.name
+
+    async def _fetch_models(self, backend: Backend, workspace: Workspace) -> ModelList:
+        response = await backend.handle(BackendRequest("models", api_key=workspace.api_key))
+        try:
+            body = await response.read()
+        finally:
+            await response.aclose()
+        if response.status != 200:
+            raise UpstreamStatusError(backend.name, response.status)
+        parsed = orjson.loads(body)
+        data = parsed.get("data") if isinstance(parsed, dict) else None
+        if not isinstance(data, list):
+            raise ValueError(f"backend {backend.name!r} sent a model list without 'data'")
+        return [item for item in data if isinstance(item, dict) and isinstance(item.get("id"), str)]
+
+    def _listed_backends(self, workspace: Workspace) -> list[Backend]:
+        # The hosted list needs the workspace's key; without one there is nothing to ask for.
+        return [b for b in self.backends.values() if not (b.kind == "llmtune" and not workspace.has_key)]
+
+    async def backend_models(
+        self, backend: Backend, workspace: Workspace, *, refresh: bool = False
+    ) -> CachedList | None:
+        """One backend's list through the cache; None when it has never been reachable."""
+        if backend.kind == "echo":
+            return CachedList(await self._fetch_models(backend, workspace), time.time(), False, None)
+        key = self._cache_key(backend, workspace)
+        try:
+            return await self.model_cache.get(key, lambda: self._fetch_models(backend, workspace), refresh=refresh)
+        except Exception as exc:
+            log.warning("cannot list models of backend %r: %s", backend.name, exc)
+            return None
+
+    async def list_models(self, workspace: Workspace, *, refresh: bool = False) -> ModelList:
+        """Every model this workspace can use, under the ids clients send back."""
+        merged: ModelList = []
+        for backend, listed in await self._all_lists(workspace, refresh):
+            if listed is None:
+                continue
+            for model in listed.models:
+                entry = dict(model)
+                entry["id"] = self.router.public_id(backend.name, model["id"])
+                entry.setdefault("object", "model")
+                entry.setdefault("created", 0)
+                entry.setdefault("owned_by", backend.name)
+                merged.append(entry)
+        return merged
+
+    async def _all_lists(self, workspace: Workspace, refresh: bool) -> list[tuple[Backend, CachedList | None]]:
+        backends = self._listed_backends(workspace)
+        lists = await asyncio.gather(*(self.backend_models(b, workspace, refresh=refresh) for b in backends))
+        return list(zip(backends, lists, strict=True))
+
+    async def models_listing(self, workspace: Workspace, *, refresh: bool = False) -> bytes:
+        """GET /v1/models' body; served from a memo while every list behind it is fresh."""
+        if not refresh:
+            signature = self._fresh_signature(workspace)
+            if signature is not None:
+                memo = self._listing_memo.get(workspace.name)
+                if memo is not None and memo[0] == signature:
+                    return memo[1]
+        models = await self.list_models(workspace, refresh=refresh)
+        body = orjson.dumps({"object": "list", "data": models})
+        signature = self._fresh_signature(workspace)
+        if signature is not None:
+            self._listing_memo[workspace.name] = (signature, body)
+        return body
+
+    def _fresh_signature(self, workspace: Workspace) -> tuple[Any, ...] | None:
+        parts: list[Any] = [id(self.built)]
+        for backend in self._listed_backends(workspace):
+            if backend.kind == "echo":
+                continue
+            fresh = self.model_cache.peek(self._cache_key(backend, workspace))
+            if fresh is None:
+                return None
+            parts.append(fresh.fetched_at)
+        return tuple(parts)
+
+    async def model_is_listed(self, backend: Backend, model: str, workspace: Workspace) -> bool | None:
+        """Whether a backend lists a model; None when its list is unknown (then the backend decides)."""
+        if backend.kind == "echo":
+            return True
+        listed = await self.backend_models(backend, workspace)
+        if listed is None:
+            return None
+        ids = {m["id"] for m in listed.models}
+        return model in ids or f"{model}:latest" in ids
+
+    # -- status -------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        from . import __version__
+
+        config = self.config
+        return {
+            "version": __version__,
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "settings_dir": str(self.paths.root),
+            "config": {"file": str(self.paths.config_file), "valid": self.config_error is None,
+                       "error": self.config_error, "reloads": self.reloads},
+            "workspaces": [
+                {"name": ws.name, "has_key": ws.has_key, "key_source": ws.key_source}
+                for ws in config.workspaces.values()
+            ],
+            "backends": [backend.describe() for backend in self.backends.values()],
+            "model_cache": self.model_cache.status(),
+        }
+
+
+__all__ = ["ECHO_BACKEND", "HOSTED_BACKEND", "Runtime", "UpstreamStatusError"]

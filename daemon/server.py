@@ -1,0 +1,95 @@
+"""Running the daemon in the foreground: bind loopback, say where, stop cleanly on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+
+import orjson
+from aiohttp import web
+
+from .app import create_app, runner_options
+from .paths import Paths, write_private
+from .settings import Config, is_loopback_host
+
+
+class PortBusy(Exception):
+    pass
+
+
+def read_daemon_file(paths: Paths) -> dict[str, object] | None:
+    try:
+        data = orjson.loads(paths.daemon_file.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def display_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def serve(
+    paths: Paths,
+    config: Config,
+    host: str,
+    port: int,
+    *,
+    ready: Callable[[str], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    if not is_loopback_host(host):
+        raise ValueError(f"refusing to listen on {host}: the companion serves loopback only")
+    app = create_app(paths, config)
+    runner = web.AppRunner(app, **runner_options())
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        if exc.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)):
+            raise PortBusy(port) from None
+        raise
+    sockets = getattr(site._server, "sockets", None) or []  # the real port when 0 was asked for
+    bound = sockets[0].getsockname()[1] if sockets else port
+    url = display_url(host, bound)
+    write_private(paths.daemon_file, orjson.dumps({"pid": os.getpid(), "url": url, "host": host, "port": bound,
+                                                    "started_at": time.time()}))
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # Windows: KeyboardInterrupt still ends the loop
+            pass
+    if ready is not None:
+        ready(url)
+    try:
+        await stop.wait()
+    finally:
+        current = read_daemon_file(paths)
+        if current is not None and current.get("pid") == os.getpid():
+            paths.daemon_file.unlink(missing_ok=True)
+        await runner.cleanup()
+
+
+def run(paths: Paths, config: Config, host: str, port: int, ready: Callable[[str], None]) -> int:
+    try:
+        import uvloop  # the "fast" extra: measurably quicker on the request path
+    except ImportError:
+        uvloop = None
+    coroutine = serve(paths, config, host, port, ready=ready)
+    try:
+        if uvloop is not None and sys.platform != "win32":
+            uvloop.run(coroutine)
+        else:
+            asyncio.run(coroutine)
+    except KeyboardInterrupt:
+        return 0
+    return 0

@@ -1,0 +1,279 @@
+"""config.toml, the secrets file and the environment, validated into one immutable `Config`.
+
+config.toml holds what a person edits (server, backends, routes, workspaces); secrets.json (mode
+0600) holds LLMTune keys and local tokens, so config.toml can be shared or committed safely.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .paths import Paths, write_private
+
+DEFAULT_PORT = 8742
+DEFAULT_HOSTED_URL = "https://api.llmtune.io"
+DEFAULT_WORKSPACE = "default"
+HOSTED_BACKEND = "llmtune"
+ECHO_BACKEND = "echo"
+TOKEN_PREFIX = "lct_"
+
+ENV_API_KEY = "LLMTUNE_API_KEY"
+ENV_BASE_URL = "LLMTUNE_BASE_URL"
+ENV_LOCAL_URL = "LLMTUNE_LOCAL_URL"
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class _Strict(BaseModel):
+    # A misspelt key is an error, not silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    log_requests: bool = True
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_only(cls, value: str) -> str:
+        if not is_loopback_host(value):
+            raise ValueError("the companion binds loopback only (127.0.0.1, ::1 or localhost)")
+        return value
+
+
+class UpstreamSettings(_Strict):
+    connect_timeout: float = Field(10.0, gt=0)
+    # A local GPU can take minutes to process a long prompt before the first token.
+    first_byte_timeout: float = Field(300.0, gt=0)
+    # Longest silence tolerated between two chunks of a response.
+    read_timeout: float = Field(120.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    # A 429 whose Retry-After is longer than this is passed to the client instead of waited out.
+    retry_max_wait: float = Field(8.0, ge=0)
+    backoff_base: float = Field(0.25, ge=0)
+    pool_size: int = Field(100, ge=1)
+
+
+class CacheSettings(_Strict):
+    models_ttl: float = Field(300.0, ge=0)
+
+
+class HostedSettings(_Strict):
+    base_url: str = DEFAULT_HOSTED_URL
+    enabled: bool = True
+    # Model id served instead when the hosted API is unreachable, answers 5xx or 402.
+    fallback: str | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return check_http_url(value)
+
+
+class BackendSettings(_Strict):
+    type: Literal["openai", "echo"] = "openai"
+    url: str | None = None
+    # Name of an environment variable holding this backend's key (vLLM --api-key, LM Studio ...).
+    api_key_env: str | None = None
+    # Models to list when the server cannot list them itself.
+    models: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _url_for_openai(self) -> BackendSettings:
+        if self.type == "openai":
+            if not self.url:
+                raise ValueError("an openai backend needs url, e.g. http://127.0.0.1:8080/v1")
+            check_http_url(self.url)
+        return self
+
+
+class RouteSettings(_Strict):
+    match: str = Field(min_length=1)
+    backend: str
+    model: str | None = None
+    fallback: str | None = None
+
+
+class WorkspaceSettings(_Strict):
+    description: str = ""
+
+
+class Settings(_Strict):
+    server: ServerSettings = ServerSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    cache: CacheSettings = CacheSettings()
+    hosted: HostedSettings = HostedSettings()
+    backends: dict[str, BackendSettings] = {}
+    routes: tuple[RouteSettings, ...] = ()
+    workspaces: dict[str, WorkspaceSettings] = {}
+
+    @field_validator("backends", "workspaces")
+    @classmethod
+    def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if not NAME_PATTERN.match(name):
+                raise ValueError(f"{name!r} is not a valid name (letters, digits, . _ -)")
+        return value
+
+    @model_validator(mode="after")
+    def _routes_name_backends(self) -> Settings:
+        if HOSTED_BACKEND in self.backends:
+            raise ValueError(f"backends: {HOSTED_BACKEND!r} is the built-in hosted backend's name")
+        known = {HOSTED_BACKEND, ECHO_BACKEND, *self.backends}
+        for index, route in enumerate(self.routes):
+            if route.backend not in known:
+                raise ValueError(
+                    f"routes[{index}].backend: unknown backend {route.backend!r} (known: {sorted(known)})"
+                )
+        return self
+
+
+class ConfigError(Exception):
+    """config.toml or secrets.json cannot be used; the message names the field and what was expected."""
+
+
+@dataclass(frozen=True, slots=True)
+class Workspace:
+    name: str
+    token: str = field(repr=False)
+    api_key: str | None = field(default=None, repr=False)
+    key_source: str = "none"  # "secrets", "env" or "none": shown by status instead of the key
+
+    @property
+    def has_key(self) -> bool:
+        return bool(self.api_key)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    settings: Settings
+    workspaces: Mapping[str, Workspace]
+    backends: Mapping[str, BackendSettings]
+    hosted_url: str
+
+
+def is_loopback_host(host: str) -> bool:
+    name = host.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_http_url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def _format_validation(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"{source}: {where}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def read_settings(path: Path) -> Settings:
+    if not path.exists():
+        return Settings()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path.name}: not valid TOML: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path.name}: cannot be read: {exc}") from exc
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, path.name)) from exc
+
+
+class SecretsStore:
+    """secrets.json: `{"workspaces": {name: {"api_key": ..., "token": ...}}}`, mode 0600."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> dict[str, Any]:
+        if not self.path.exists():
+            return {"workspaces": {}}
+        try:
+            data = orjson.loads(self.path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ConfigError(f"{self.path.name}: not valid JSON ({type(exc).__name__})") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("workspaces", {}), dict):
+            raise ConfigError(f"{self.path.name}: expected an object with a 'workspaces' object")
+        data.setdefault("workspaces", {})
+        for name, entry in data["workspaces"].items():
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{self.path.name}: workspaces.{name}: expected an object")
+        return data
+
+    def write(self, data: dict[str, Any]) -> None:
+        write_private(self.path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
+
+
+def load_config(paths: Paths, environ: Mapping[str, str] | None = None) -> Config:
+    """Read everything; create missing local tokens (persisted) so each workspace has one."""
+    env = os.environ if environ is None else environ
+    settings = read_settings(paths.config_file)
+    store = SecretsStore(paths.secrets_file)
+    data = store.read()
+    stored: dict[str, Any] = data["workspaces"]
+
+    names = [DEFAULT_WORKSPACE, *settings.workspaces, *stored]
+    changed = False
+    workspaces: dict[str, Workspace] = {}
+    for name in dict.fromkeys(names):
+        entry = stored.setdefault(name, {})
+        token = entry.get("token")
+        if not isinstance(token, str) or len(token) < 32:
+            entry["token"] = token = new_token()
+            changed = True
+        api_key = entry.get("api_key") or None
+        source = "secrets" if api_key else "none"
+        if name == DEFAULT_WORKSPACE and env.get(ENV_API_KEY):
+            api_key, source = env[ENV_API_KEY], "env"
+        workspaces[name] = Workspace(name=name, token=token, api_key=api_key, key_source=source)
+    if changed:
+        paths.ensure()
+        store.write(data)
+
+    backends = dict(settings.backends)
+    local_url = env.get(ENV_LOCAL_URL)
+    if local_url and "local" not in backends:
+        try:
+            backends["local"] = BackendSettings(type="openai", url=local_url)
+        except ValidationError as exc:
+            raise ConfigError(_format_validation(exc, ENV_LOCAL_URL)) from exc
+    backends.setdefault(ECHO_BACKEND, BackendSettings(type="echo"))
+
+    hosted_url = settings.hosted.base_url
+    if env.get(ENV_BASE_URL):
+        try:
+            hosted_url = check_http_url(env[ENV_BASE_URL])
+        except ValueError as exc:
+            raise ConfigError(f"{ENV_BASE_URL}: {exc}") from exc
+    return Config(settings=settings, workspaces=workspaces, backends=backends, hosted_url=hosted_url)

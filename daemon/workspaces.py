@@ -1,0 +1,72 @@
+"""Adding and removing workspaces: keys and tokens in secrets.json, the rest in config.toml."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tomlkit
+
+from .paths import Paths
+from .settings import DEFAULT_WORKSPACE, NAME_PATTERN, ConfigError, SecretsStore, new_token, read_settings
+
+
+def check_name(name: str) -> None:
+    if not NAME_PATTERN.match(name):
+        raise ConfigError(f"{name!r} is not a valid workspace name (letters, digits, . _ -)")
+
+
+def _edit_config(paths: Paths, change: Any) -> None:
+    """Edit config.toml keeping the user's comments and layout (tomlkit round-trips them)."""
+    path = paths.config_file
+    document = tomlkit.parse(path.read_text(encoding="utf-8")) if path.exists() else tomlkit.document()
+    change(document)
+    paths.ensure()
+    text = tomlkit.dumps(document)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def add_workspace(paths: Paths, name: str, api_key: str | None) -> None:
+    check_name(name)
+    read_settings(paths.config_file)  # refuse to edit a config that is already broken
+    if api_key is not None and not api_key.strip():
+        raise ConfigError("the key is empty")
+    store = SecretsStore(paths.secrets_file)
+    data = store.read()
+    entry = data["workspaces"].setdefault(name, {})
+    if api_key is not None:
+        entry["api_key"] = api_key.strip()
+    entry.setdefault("token", new_token())
+    paths.ensure()
+    store.write(data)
+    if name != DEFAULT_WORKSPACE:
+
+        def add_table(document: Any) -> None:
+            workspaces = document.setdefault("workspaces", tomlkit.table(is_super_table=True))
+            if name not in workspaces:
+                workspaces[name] = tomlkit.table()
+
+        _edit_config(paths, add_table)
+
+
+def remove_workspace(paths: Paths, name: str) -> bool:
+    if name == DEFAULT_WORKSPACE:
+        raise ConfigError("the default workspace cannot be removed (`workspace add default --key-stdin` "
+                          "replaces its key)")
+    store = SecretsStore(paths.secrets_file)
+    data = store.read()
+    found = data["workspaces"].pop(name, None) is not None
+    store.write(data)
+    removed_from_config = False
+
+    def drop_table(document: Any) -> None:
+        nonlocal removed_from_config
+        workspaces = document.get("workspaces")
+        if workspaces is not None and name in workspaces:
+            del workspaces[name]
+            removed_from_config = True
+
+    if paths.config_file.exists():
+        _edit_config(paths, drop_table)
+    return found or removed_from_config
