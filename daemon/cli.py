@@ -38,24 +38,27 @@ def daemon_url(paths: Paths) -> str | None:
     """The URL of the daemon that is running for this settings directory, if any."""
     from .server import read_daemon_file
 
-    info = read_daemon_file(paths)
-    if not info or not isinstance(info.get("url"), str) or not isinstance(info.get("pid"), int):
+    info = read_daemon_file(paths) or {}
+    url, pid = info.get("url"), info.get("pid")
+    if not isinstance(url, str) or not isinstance(pid, int):
         return None
     try:
-        os.kill(info["pid"], 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return None
     except PermissionError:
         pass
-    return info["url"]
+    return url
 
 
 def call_daemon(url: str, path: str, token: str, *, method: str = "GET",
                 headers: dict[str, str] | None = None, timeout: float = 30.0) -> Any:
-    request = urllib.request.Request(url + path, method=method, headers={"Authorization": f"Bearer {token}",
+    if not url.startswith("http://"):
+        raise CLIError(f"unexpected daemon URL {url!r}")
+    request = urllib.request.Request(url + path, method=method, headers={"Authorization": f"Bearer {token}",  # noqa: S310
                                                                           **(headers or {})})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (loopback URL)
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http URL from daemon.json)
             return orjson.loads(response.read())
     except urllib.error.HTTPError as exc:
         try:
@@ -213,7 +216,8 @@ def _format_status(report: dict[str, Any]) -> str:
         key = f"key from {ws['key_source']}" if ws["has_key"] else "no key"
         lines.append(f"workspace: {ws['name']} ({key})")
     for backend in report.get("backends", []):
-        lines.append(f"backend:   {backend['name']} ({backend['type']}{', ' + backend['url'] if backend.get('url') else ''})")
+        where = f", {backend['url']}" if backend.get("url") else ""
+        lines.append(f"backend:   {backend['name']} ({backend['type']}{where})")
     for row in report.get("model_cache", []):
         state = "STALE" if row["stale"] else "fresh"
         extra = f", last error: {row['error']}" if row.get("error") else ""

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
-    from .settings import Workspace
+    from .runtime import Runtime  # noqa: F401 (named in the string keys below)
+    from .settings import Workspace  # noqa: F401
 
 RUNTIME = web.AppKey["Runtime"]("runtime")
 CONTROL_TOKEN = web.AppKey[str]("control_token")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import hmac
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any

@@ -6,7 +6,6 @@ import asyncio
 import errno
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 
@@ -80,16 +79,14 @@ async def serve(
 
 
 def run(paths: Paths, config: Config, host: str, port: int, ready: Callable[[str], None]) -> int:
-    try:
-        import uvloop  # the "fast" extra: measurably quicker on the request path
-    except ImportError:
-        uvloop = None
     coroutine = serve(paths, config, host, port, ready=ready)
     try:
-        if uvloop is not None and sys.platform != "win32":
-            uvloop.run(coroutine)
-        else:
+        try:
+            import uvloop  # the "fast" extra: measurably quicker on the request path
+        except ImportError:
             asyncio.run(coroutine)
+        else:
+            uvloop.run(coroutine)
     except KeyboardInterrupt:
         return 0
     return 0

@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ DEFAULT_HOSTED_URL = "https://api.llmtune.io"
 DEFAULT_WORKSPACE = "default"
 HOSTED_BACKEND = "llmtune"
 ECHO_BACKEND = "echo"
-TOKEN_PREFIX = "lct_"
+TOKEN_PREFIX = "lct_"  # noqa: S105 (a prefix, not a secret)
 
 ENV_API_KEY = "LLMTUNE_API_KEY"
 ENV_BASE_URL = "LLMTUNE_BASE_URL"
@@ -187,11 +188,33 @@ def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+def _known_keys(loc: tuple[int | str, ...]) -> list[str] | None:
+    """The keys allowed in the table holding `loc` (an unknown key), to say what was expected."""
+    target: Any = Settings
+    for part in loc[:-1]:
+        origin = typing.get_origin(target)
+        if origin is dict:
+            target = typing.get_args(target)[1]
+        elif origin is tuple:
+            target = typing.get_args(target)[0]
+        elif isinstance(target, type) and issubclass(target, BaseModel) and part in target.model_fields:
+            target = target.model_fields[str(part)].annotation
+        else:
+            return None
+    if isinstance(target, type) and issubclass(target, BaseModel):
+        return list(target.model_fields)
+    return None
+
+
 def _format_validation(error: ValidationError, source: str) -> str:
     lines = []
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        lines.append(f"{source}: {where}: {item['msg']}")
+        message = item["msg"]
+        known = _known_keys(item["loc"]) if item["type"] == "extra_forbidden" else None
+        if known:
+            message = f"unknown key (expected one of: {', '.join(known)})"
+        lines.append(f"{source}: {where}: {message}")
     return "; ".join(lines)
 
 

@@ -16,13 +16,13 @@ import openai
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-
 from llmtune_companion.app import create_app
 from llmtune_companion.keys import CONTROL_TOKEN, RUNTIME
 from llmtune_companion.paths import HOME_ENV, Paths
 from llmtune_companion.runtime import Runtime
 from llmtune_companion.settings import ENV_API_KEY, ENV_BASE_URL, ENV_LOCAL_URL
 from llmtune_companion.workspaces import add_workspace
+
 from tests.support.hosted_standin import HostedStandIn
 
 pytest_plugins = ["tests.support.llama_fixture"]

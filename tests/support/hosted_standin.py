@@ -123,6 +123,10 @@ _WORD_RE = re.compile(r"\s*\S+(?:\s+$)?")
 _ARG_FRAGMENT = 8  # characters per streamed tool-call argument delta
 _DONE = b"data: [DONE]\n\n"
 _JSON = "application/json"
+# Typed per-request slots: the body is parsed once, shared by recording and handlers.
+_RECORD_KEY = web.RequestKey("standin_record", object)
+_JSON_KEY = web.RequestKey("standin_json", object)
+_JSON_OK_KEY = web.RequestKey("standin_json_ok", bool)
 
 
 def error_body(
@@ -273,9 +277,7 @@ def _content_text(content: Any) -> str:
         return content
     if isinstance(content, list):  # OpenAI content parts; only text parts carry words
         return " ".join(
-            str(part.get("text", ""))
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text"
+            str(part.get("text", "")) for part in content if isinstance(part, dict) and part.get("type") == "text"
         )
     return ""
 
@@ -424,15 +426,11 @@ class HostedStandIn:
             job["metrics"] = metrics if metrics is not None else {"step": 0, "train_loss": None}
             self._emit("training.started", job)
         elif status == "completed":
-            job["metrics"] = (
-                metrics if metrics is not None else {"step": 100, "train_loss": 0.42, "eval_loss": 0.47}
-            )
+            job["metrics"] = metrics if metrics is not None else {"step": 100, "train_loss": 0.42, "eval_loss": 0.47}
             job["fine_tuned_model"] = f"workspace/{job_id}"
             self._emit("training.completed", job)
         elif status == "failed":
-            job["error"] = (
-                error if error is not None else {"message": "Training failed", "code": "TRAINING_FAILED"}
-            )
+            job["error"] = error if error is not None else {"message": "Training failed", "code": "TRAINING_FAILED"}
             self._emit("training.failed", job)
         elif metrics is not None:
             job["metrics"] = metrics
@@ -490,7 +488,7 @@ class HostedStandIn:
                     body=body,
                     json=self._parsed_json(request, body),
                 )
-                request["standin_record"] = record
+                request[_RECORD_KEY] = record
                 self.requests.append(record)
             if self.first_byte_delay > 0:
                 await asyncio.sleep(self.first_byte_delay)
@@ -516,9 +514,7 @@ class HostedStandIn:
         header = request.headers.get("Authorization")
         challenge = {"WWW-Authenticate": 'Bearer realm="llmtune"'}
         if not header:
-            raise StandInError(
-                401, "Missing API key", details={"reason": "missing_api_key"}, headers=challenge
-            )
+            raise StandInError(401, "Missing API key", details={"reason": "missing_api_key"}, headers=challenge)
         scheme, _, token = header.partition(" ")
         # Never put the presented token in the message: error bodies end up in logs.
         if scheme.lower() != "bearer" or not token.strip():
@@ -529,9 +525,7 @@ class HostedStandIn:
                 headers=challenge,
             )
         if not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
-            raise StandInError(
-                401, "Invalid API key", details={"reason": "invalid_api_key"}, headers=challenge
-            )
+            raise StandInError(401, "Invalid API key", details={"reason": "invalid_api_key"}, headers=challenge)
 
     def _take_failure(self, path: str) -> _Failure | None:
         for i, failure in enumerate(self._failures):
@@ -567,19 +561,19 @@ class HostedStandIn:
     @staticmethod
     def _parsed_json(request: web.Request, body: bytes) -> Any | None:
         # Cached on the request so recording and the handler parse the body once.
-        if "standin_json" not in request:
+        if _JSON_OK_KEY not in request:
             try:
-                request["standin_json"] = orjson.loads(body) if body else None
-                request["standin_json_ok"] = bool(body)
+                request[_JSON_KEY] = orjson.loads(body) if body else None
+                request[_JSON_OK_KEY] = bool(body)
             except orjson.JSONDecodeError:
-                request["standin_json"] = None
-                request["standin_json_ok"] = False
-        return request["standin_json"]
+                request[_JSON_KEY] = None
+                request[_JSON_OK_KEY] = False
+        return request[_JSON_KEY]
 
     async def _json_object(self, request: web.Request) -> dict[str, Any]:
         body = await request.read()
         value = self._parsed_json(request, body)
-        if not request["standin_json_ok"]:
+        if not request[_JSON_OK_KEY]:
             raise StandInError(400, "Request body is not valid JSON", details={"reason": "invalid_json"})
         if not isinstance(value, dict):
             raise StandInError(400, "Request body must be a JSON object", details={"reason": "not_an_object"})
@@ -592,14 +586,12 @@ class HostedStandIn:
         if entry is None:
             raise StandInError(404, f"Model '{model_id}' not found", details={"model": model_id})
         if not entry.get("active", True):
-            raise StandInError(
-                404, f"Model '{model_id}' is not active", details={"model": model_id, "active": False}
-            )
+            raise StandInError(404, f"Model '{model_id}' is not active", details={"model": model_id, "active": False})
         return model_id
 
     def _note_effective(self, request: web.Request, params: _ChatParams) -> None:
-        record: RecordedRequest | None = request.get("standin_record")
-        if record is not None:
+        record = request.get(_RECORD_KEY)
+        if isinstance(record, RecordedRequest):
             record.effective = params.effective()
 
     def _claim_cut(self) -> int | None:
@@ -618,9 +610,7 @@ class HostedStandIn:
             raise StandInError(400, "'messages' must be a non-empty array", details={"field": "messages"})
         for i, message in enumerate(messages):
             if not isinstance(message, dict) or message.get("role") not in _CHAT_ROLES:
-                raise StandInError(
-                    400, f"messages[{i}] needs a valid 'role'", details={"field": f"messages[{i}].role"}
-                )
+                raise StandInError(400, f"messages[{i}] needs a valid 'role'", details={"field": f"messages[{i}].role"})
             content = message.get("content")
             if content is not None and not isinstance(content, (str, list)):
                 raise StandInError(
@@ -637,17 +627,13 @@ class HostedStandIn:
         if temperature is None:
             temperature = DEFAULT_TEMPERATURE
         elif not _is_number(temperature) or not 0 <= temperature <= 2:
-            raise StandInError(
-                400, "'temperature' must be a number between 0 and 2", details={"field": "temperature"}
-            )
+            raise StandInError(400, "'temperature' must be a number between 0 and 2", details={"field": "temperature"})
 
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
         if max_tokens is None:
             max_tokens = DEFAULT_MAX_TOKENS
         elif not _is_int(max_tokens) or max_tokens < 1:
-            raise StandInError(
-                400, "'max_tokens' must be a positive integer", details={"field": "max_tokens"}
-            )
+            raise StandInError(400, "'max_tokens' must be a positive integer", details={"field": "max_tokens"})
 
         stream = body.get("stream", False)
         if stream is None:
@@ -665,9 +651,7 @@ class HostedStandIn:
                 and isinstance(t["function"].get("name"), str)
                 for t in tools
             ):
-                raise StandInError(
-                    400, "'tools' must be an array of function tools", details={"field": "tools"}
-                )
+                raise StandInError(400, "'tools' must be an array of function tools", details={"field": "tools"})
         tool_choice = body.get("tool_choice")
 
         stop = body.get("stop")
@@ -678,9 +662,7 @@ class HostedStandIn:
         elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
             stops = stop
         else:
-            raise StandInError(
-                400, "'stop' must be a string or an array of strings", details={"field": "stop"}
-            )
+            raise StandInError(400, "'stop' must be a string or an array of strings", details={"field": "stop"})
 
         x_chunks = body.get("x_standin_chunks")
         if x_chunks is not None and (not _is_int(x_chunks) or x_chunks < 0):
@@ -752,9 +734,7 @@ class HostedStandIn:
             finish = "length"
         return _Plan(pieces, [], finish, prompt_tokens, len(pieces))
 
-    def _tool_plan(
-        self, calls: list[tuple[str | None, str, dict[str, Any] | str]], prompt_tokens: int
-    ) -> _Plan:
+    def _tool_plan(self, calls: list[tuple[str | None, str, dict[str, Any] | str]], prompt_tokens: int) -> _Plan:
         resolved: list[tuple[str, str, str]] = []
         for call_id, name, arguments in calls:
             args = arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
@@ -785,9 +765,7 @@ class HostedStandIn:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": p.model,
-            "choices": [
-                {"index": 0, "message": message, "logprobs": None, "finish_reason": plan.finish_reason}
-            ],
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": plan.finish_reason}],
             "usage": plan.usage(),
         }
 
@@ -827,9 +805,7 @@ class HostedStandIn:
                 )
                 for start in range(0, len(args), _ARG_FRAGMENT):
                     fragment = args[start : start + _ARG_FRAGMENT]
-                    events.append(
-                        chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
-                    )
+                    events.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}))
         else:
             events.append(chunk({"role": "assistant", "content": ""}))
             events.extend(chunk({"content": piece}) for piece in plan.pieces)
@@ -841,9 +817,7 @@ class HostedStandIn:
             events.append(b"data: " + orjson.dumps(final) + b"\n\n")
         return events
 
-    async def _stream(
-        self, request: web.Request, events: list[bytes], gap: float | None
-    ) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, events: list[bytes], gap: float | None) -> web.StreamResponse:
         delay = self.stream_delay if gap is None else gap
         cut = self._claim_cut()
         response = web.StreamResponse(
@@ -892,9 +866,7 @@ class HostedStandIn:
             return await self._stream(request, self._chat_chunks(params, plan), params.x_gap)
         return _json_response(self._chat_completion(params, plan))
 
-    async def _inference(
-        self, request: web.Request, body: dict[str, Any], model: str | None
-    ) -> web.StreamResponse:
+    async def _inference(self, request: web.Request, body: dict[str, Any], model: str | None) -> web.StreamResponse:
         started = time.perf_counter()
         params = self._chat_params(body, model=model, allow_prompt=True)
         self._note_effective(request, params)
@@ -920,9 +892,7 @@ class HostedStandIn:
         prompt = body.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list) or not prompts or not all(isinstance(x, str) for x in prompts):
-            raise StandInError(
-                400, "'prompt' must be a string or an array of strings", details={"field": "prompt"}
-            )
+            raise StandInError(400, "'prompt' must be a string or an array of strings", details={"field": "prompt"})
         chat_body = dict(body)
         chat_body["messages"] = [{"role": "user", "content": prompts[0]}]
         params = self._chat_params(chat_body)
@@ -951,9 +921,7 @@ class HostedStandIn:
 
         def chunk(index: int, text: str, finish_reason: str | None) -> bytes:
             obj = dict(base)
-            obj["choices"] = [
-                {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
-            ]
+            obj["choices"] = [{"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}]
             return b"data: " + orjson.dumps(obj) + b"\n\n"
 
         events: list[bytes] = []
@@ -981,9 +949,7 @@ class HostedStandIn:
             raise StandInError(400, "'input' must not contain empty items", details={"field": "input"})
         dims = body.get("dimensions", DEFAULT_EMBEDDING_DIMENSIONS)
         if not _is_int(dims) or not 1 <= dims <= 4096:
-            raise StandInError(
-                400, "'dimensions' must be an integer in 1..4096", details={"field": "dimensions"}
-            )
+            raise StandInError(400, "'dimensions' must be an integer in 1..4096", details={"field": "dimensions"})
         encoding = body.get("encoding_format", "float")
         if encoding not in ("float", "base64"):
             raise StandInError(
@@ -996,9 +962,7 @@ class HostedStandIn:
             tokens += max(1, _count_words(text)) if isinstance(item, str) else len(item)
             vector = embedding_vector(model, text, dims)
             value: Any = (
-                base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
-                if encoding == "base64"
-                else vector
+                base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode() if encoding == "base64" else vector
             )
             data.append({"object": "embedding", "index": i, "embedding": value})
         return _json_response(
@@ -1019,9 +983,7 @@ class HostedStandIn:
         if stored is None:
             return slot, None
         status, body = stored
-        return slot, web.Response(
-            body=body, status=status, content_type=_JSON, headers={"Idempotent-Replayed": "true"}
-        )
+        return slot, web.Response(body=body, status=status, content_type=_JSON, headers={"Idempotent-Replayed": "true"})
 
     def _remember(self, slot: tuple[str, str] | None, status: int, payload: dict[str, Any]) -> web.Response:
         body = orjson.dumps(payload)
@@ -1043,9 +1005,7 @@ class HostedStandIn:
             custom_id = item.get("custom_id") if isinstance(item, dict) else None
             try:
                 if not isinstance(item, dict):
-                    raise StandInError(
-                        400, f"requests[{i}] must be an object", details={"field": f"requests[{i}]"}
-                    )
+                    raise StandInError(400, f"requests[{i}] must be an object", details={"field": f"requests[{i}]"})
                 params = self._chat_params(item, allow_prompt=True)
                 plan = self._plan_chat(params, use_scripts=False)
                 results.append(
@@ -1084,16 +1044,12 @@ class HostedStandIn:
             raise StandInError(400, "'base_model' is required", details={"field": "base_model"})
         if base_model not in self._model_index:
             raise StandInError(404, f"Model '{base_model}' not found", details={"model": base_model})
-        dataset = body.get(
-            "dataset", body.get("dataset_url", body.get("datasetUrl", body.get("training_file")))
-        )
+        dataset = body.get("dataset", body.get("dataset_url", body.get("datasetUrl", body.get("training_file"))))
         if not dataset or not isinstance(dataset, (str, dict)):
             raise StandInError(400, "'dataset' is required", details={"field": "dataset"})
         hyperparameters = body.get("hyperparameters", {})
         if not isinstance(hyperparameters, dict):
-            raise StandInError(
-                400, "'hyperparameters' must be an object", details={"field": "hyperparameters"}
-            )
+            raise StandInError(400, "'hyperparameters' must be an object", details={"field": "hyperparameters"})
         now = int(time.time())
         job_id = self._next_id("ft_job_standin_")
         job: dict[str, Any] = {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -53,9 +52,22 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+_OPEN_CLIENTS: list[AsyncOpenAI] = []
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _close_sdk_clients() -> AsyncIterator[None]:
+    # SDK clients own httpx connection pools; close them so no socket outlives its test.
+    yield
+    while _OPEN_CLIENTS:
+        await _OPEN_CLIENTS.pop().close()
+
+
 def sdk(server: TestServer, base: str = "/v1", api_key: str = DEFAULT_API_KEY) -> AsyncOpenAI:
     # max_retries=0: scripted failures must surface, not be retried away by the SDK.
-    return AsyncOpenAI(base_url=str(server.make_url(base)), api_key=api_key, max_retries=0)
+    client = AsyncOpenAI(base_url=str(server.make_url(base)), api_key=api_key, max_retries=0)
+    _OPEN_CLIENTS.append(client)
+    return client
 
 
 def chat_body(content: str = "hello world", **extra: Any) -> dict[str, Any]:
@@ -110,9 +122,7 @@ async def test_auth_required_with_standard_shape_and_key_not_echoed(
     assert DEFAULT_API_KEY not in raw
 
 
-async def test_custom_key_and_key_rotation(
-    aiohttp_server: ServerFactory, http: aiohttp.ClientSession
-) -> None:
+async def test_custom_key_and_key_rotation(aiohttp_server: ServerFactory, http: aiohttp.ClientSession) -> None:
     standin = HostedStandIn("sk_workspace_abc")
     server = await aiohttp_server(standin.app)
     url = server.make_url("/api/agent/models")
@@ -174,9 +184,7 @@ async def test_custom_catalog(aiohttp_server: ServerFactory, http: aiohttp.Clien
 
 
 @pytest.mark.parametrize("base", ["/v1", "/api/agent/v1"])
-async def test_chat_non_stream_shape_and_defaults(
-    standin: HostedStandIn, server: TestServer, base: str
-) -> None:
+async def test_chat_non_stream_shape_and_defaults(standin: HostedStandIn, server: TestServer, base: str) -> None:
     client = sdk(server, base)
     completion = await client.chat.completions.create(
         model=DEFAULT_MODEL,
@@ -253,9 +261,7 @@ async def test_explicit_params_are_honoured(standin: HostedStandIn, server: Test
 async def test_stream_reassembles_to_non_stream_text(server: TestServer, base: str) -> None:
     client = sdk(server, base)
     prompt = "stream me\nthese  words please"
-    full = await client.chat.completions.create(
-        model=DEFAULT_MODEL, messages=[{"role": "user", "content": prompt}]
-    )
+    full = await client.chat.completions.create(model=DEFAULT_MODEL, messages=[{"role": "user", "content": prompt}])
     stream = await client.chat.completions.create(
         model=DEFAULT_MODEL,
         messages=[{"role": "user", "content": prompt}],
@@ -309,9 +315,7 @@ async def test_stream_wire_format(server: TestServer, http: aiohttp.ClientSessio
     assert "usage" not in chunks[-1]  # no usage chunk unless stream_options.include_usage
 
 
-async def test_x_standin_chunks_gives_exactly_n_content_chunks(
-    server: TestServer, http: aiohttp.ClientSession
-) -> None:
+async def test_x_standin_chunks_gives_exactly_n_content_chunks(server: TestServer, http: aiohttp.ClientSession) -> None:
     body = chat_body(stream=True, x_standin_chunks=37, x_standin_gap_ms=1)
     started = time.perf_counter()
     async with http.post(server.make_url("/v1/chat/completions"), headers=AUTH, json=body) as resp:
@@ -385,9 +389,7 @@ async def test_scripted_tool_call_non_stream(standin: HostedStandIn, server: Tes
 
 
 @pytest.mark.parametrize("name", AGENT_TOOLS)
-async def test_streamed_tool_call_deltas_reassemble(
-    standin: HostedStandIn, server: TestServer, name: str
-) -> None:
+async def test_streamed_tool_call_deltas_reassemble(standin: HostedStandIn, server: TestServer, name: str) -> None:
     arguments = {"path": "src/app.py", "content": "print('hi')\n" * 3, "nested": {"n": [1, 2, 3]}}
     standin.script_tool_call(name, arguments, call_id="call_fixed_1")
     stream = await sdk(server).chat.completions.create(
@@ -469,14 +471,10 @@ async def test_multi_turn_tool_then_text(standin: HostedStandIn, server: TestSer
     assert fourth.choices[0].message.content == "All done."
 
 
-async def test_scripted_tool_call_waits_for_a_request_with_tools(
-    standin: HostedStandIn, server: TestServer
-) -> None:
+async def test_scripted_tool_call_waits_for_a_request_with_tools(standin: HostedStandIn, server: TestServer) -> None:
     client = sdk(server)
     standin.script_tool_call("read_file", {"path": "x"})
-    plain = await client.chat.completions.create(
-        model=DEFAULT_MODEL, messages=[{"role": "user", "content": "hi"}]
-    )
+    plain = await client.chat.completions.create(model=DEFAULT_MODEL, messages=[{"role": "user", "content": "hi"}])
     assert plain.choices[0].message.content == "Echo: hi"
     refused = await client.chat.completions.create(
         model=DEFAULT_MODEL,
@@ -532,9 +530,7 @@ async def test_fail_next_429_retry_after(
     client = sdk(server)
     for _ in range(2):
         with pytest.raises(openai.RateLimitError) as info:
-            await client.chat.completions.create(
-                model=DEFAULT_MODEL, messages=[{"role": "user", "content": "x"}]
-            )
+            await client.chat.completions.create(model=DEFAULT_MODEL, messages=[{"role": "user", "content": "x"}])
         assert info.value.status_code == 429
         assert info.value.response.headers["Retry-After"] == header
         assert info.value.body == {  # the SDK unwraps the "error" envelope
@@ -548,18 +544,14 @@ async def test_fail_next_429_retry_after(
 async def test_fail_next_path_prefix_custom_body_and_stream_endpoint(
     standin: HostedStandIn, server: TestServer, http: aiohttp.ClientSession
 ) -> None:
-    standin.fail_next(
-        503, path_prefix="/api/agent/", body={"error": {"message": "down", "code": "X", "details": {}}}
-    )
+    standin.fail_next(503, path_prefix="/api/agent/", body={"error": {"message": "down", "code": "X", "details": {}}})
     async with http.post(server.make_url("/v1/chat/completions"), headers=AUTH, json=chat_body()) as resp:
         assert resp.status == 200  # not under the prefix, failure stays queued
     async with http.get(server.make_url("/api/agent/models"), headers=AUTH) as resp:
         assert resp.status == 503
         assert await resp.json() == {"error": {"message": "down", "code": "X", "details": {}}}
     standin.fail_next(500)
-    async with http.post(
-        server.make_url("/v1/chat/completions"), headers=AUTH, json=chat_body(stream=True)
-    ) as resp:
+    async with http.post(server.make_url("/v1/chat/completions"), headers=AUTH, json=chat_body(stream=True)) as resp:
         assert resp.status == 500 and resp.content_type == "application/json"
 
 
@@ -583,9 +575,7 @@ async def test_cut_stream_really_breaks_the_connection(
     url = server.make_url("/v1/chat/completions")
     received: list[bytes] = []
     with pytest.raises(aiohttp.ClientPayloadError):
-        async with http.post(
-            url, headers=AUTH, json=chat_body("one two three four five", stream=True)
-        ) as resp:
+        async with http.post(url, headers=AUTH, json=chat_body("one two three four five", stream=True)) as resp:
             assert resp.status == 200
             async for line in resp.content:
                 if line.startswith(b"data: "):
@@ -655,9 +645,7 @@ async def test_bad_requests_400(
         assert err["details"]["field"] == field
 
 
-async def test_unknown_route_and_method_use_standard_shape(
-    server: TestServer, http: aiohttp.ClientSession
-) -> None:
+async def test_unknown_route_and_method_use_standard_shape(server: TestServer, http: aiohttp.ClientSession) -> None:
     async with http.get(server.make_url("/v1/nothing-here"), headers=AUTH) as resp:
         assert resp.status == 404
         assert (await resp.json())["error"]["code"] == "NOT_FOUND"
@@ -710,9 +698,7 @@ async def test_model_inference_and_playground(
     standin: HostedStandIn, server: TestServer, http: aiohttp.ClientSession
 ) -> None:
     url = server.make_url(f"/v1/models/{DEFAULT_MODEL}/inference")
-    async with http.post(
-        url, headers=AUTH, json={"messages": [{"role": "user", "content": "hi there"}]}
-    ) as resp:
+    async with http.post(url, headers=AUTH, json={"messages": [{"role": "user", "content": "hi there"}]}) as resp:
         assert resp.status == 200
         body = await resp.json()
     assert body["model"] == DEFAULT_MODEL
@@ -791,9 +777,7 @@ async def test_fine_tune_idempotent_creation_and_lifecycle(
     assert [e["type"] for e in standin.events] == ["training.started", "training.completed"]
     model_id = standin.deploy_job(job_id)
     assert standin.events[-1]["type"] == "model.deployed"
-    completion = await sdk(server).chat.completions.create(
-        model=model_id, messages=[{"role": "user", "content": "hi"}]
-    )
+    completion = await sdk(server).chat.completions.create(model=model_id, messages=[{"role": "user", "content": "hi"}])
     assert completion.model == model_id
 
     async with http.get(server.make_url("/v1/fine-tune/ft_missing"), headers=AUTH) as resp:
@@ -848,37 +832,34 @@ async def test_record_false_and_reset(aiohttp_server: ServerFactory, http: aioht
 
 
 async def test_standalone_main_serves_and_stops_on_sigterm() -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.hosted_standin",
-            "--port",
-            "0",
-            "--api-key",
-            "sk_cli",
-            "--no-record",
-        ],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    command = [sys.executable, "-m", "tests.support.hosted_standin", "--port", "0"]
+    command += ["--api-key", "sk_cli", "--no-record"]
+    with subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), timeout=20)
+            assert line.startswith("READY http://127.0.0.1:"), line
+            base = line.split()[1]
+            assert not base.endswith(":0")
+            async with aiohttp.ClientSession() as session:
+                headers = {"Authorization": "Bearer sk_cli"}
+                async with session.get(f"{base}/api/agent/models", headers=headers) as resp:
+                    assert resp.status == 200
+                async with session.get(f"{base}/api/agent/models", headers=AUTH) as resp:
+                    assert resp.status == 401
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(proc.wait, 10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+async def test_standalone_main_refuses_non_loopback_host() -> None:
+    command = [sys.executable, "-m", "tests.support.hosted_standin", "--host", "0.0.0.0"]  # noqa: S104
+    proc = await asyncio.create_subprocess_exec(
+        *command, cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), timeout=20)
-        assert line.startswith("READY http://127.0.0.1:"), line
-        base = line.split()[1]
-        assert not base.endswith(":0")
-        async with aiohttp.ClientSession() as session:
-            async with session.get(
-                f"{base}/api/agent/models", headers={"Authorization": "Bearer sk_cli"}
-            ) as resp:
-                assert resp.status == 200
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(proc.wait, 10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    _, stderr = await asyncio.wait_for(proc.communicate(), timeout=20)
+    assert proc.returncode == 2
+    assert b"loopback" in stderr

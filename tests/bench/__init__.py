@@ -1,0 +1,1 @@
+"""Helpers for `python -m tests.benchmark` (no pytest tests live here)."""
