@@ -33,4 +33,5 @@ def discover() -> tuple[list[str], dict[str, str]]:
 
 
 packages, package_dir = discover()
-setup(packages=packages, package_dir=package_dir, package_data={name: ["py.typed", "*.html", "*.js", "*.css", "*.png"] for name in packages})
+data_files = ["py.typed", "*.html", "*.js", "*.css", "*.png"]
+setup(packages=packages, package_dir=package_dir, package_data={name: data_files for name in packages})

@@ -37,6 +37,9 @@ class HTTPResponse(BackendResponse):
         # The first byte may take minutes (prompt processing); later gaps are held to read_timeout.
         if response.connection is not None and response.connection.protocol is not None:
             response.connection.protocol.read_timeout = read_timeout
+            if not response.content.is_eof():
+                # The timer already running was armed with first_byte_timeout: re-arm it now.
+                response.connection.protocol.start_timeout()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         content = self._response.content

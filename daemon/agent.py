@@ -28,6 +28,8 @@ from .forwarding import forward
 from .routing import Route
 from .runtime import Runtime
 from .settings import Workspace
+from .tools import ToolRunner
+from .tools.definitions import ToolArgumentError, parse_call
 
 log = logging.getLogger(__name__)
 
@@ -348,3 +350,41 @@ class AgentLoop:
 def _short(text: str, limit: int = 80) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class RunnerHost:
+    """The agent loop's view of a workspace's ToolRunner (policy, approvals, sandboxed execution)."""
+
+    def __init__(self, runner: ToolRunner) -> None:
+        self.runner = runner
+
+    def definitions(self) -> list[dict[str, Any]]:
+        return self.runner.definitions()
+
+    async def execute(self, workspace: Workspace, call: ToolCall) -> str:
+        wire = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+        result = await self.runner.run(workspace.name, wire)
+        return result.content
+
+    async def authorize(self, workspace: Workspace, call: ToolCall) -> ToolVerdict:
+        """Gate mode: the IDE runs the call, so only the decision is made here, never the call."""
+        runner = self.runner
+        try:
+            parsed = parse_call(call.name, call.arguments, call.id)
+        except ToolArgumentError as exc:
+            return ToolVerdict(False, str(exc), "arguments")
+        verdict = runner.policy.evaluate(parsed, runner.sandbox)
+        if verdict.action == "allow":
+            return ToolVerdict(True, verdict.reason, "policy")
+        if verdict.action == "deny":
+            return ToolVerdict(False, verdict.reason, verdict.source)
+        if runner.broker is None:
+            return ToolVerdict(False, "it needs approval and no one can be asked", "policy")
+        preview = await runner.executor.preview(parsed)
+        decision = await runner.broker.request(workspace.name, parsed, preview, timeout=runner.approval_timeout)
+        if decision.allow and decision.remember:
+            rule = runner.policy.remember(parsed, runner.sandbox)
+            if rule and runner.on_remember is not None:
+                runner.on_remember(workspace.name, rule)
+        reason = decision.reason or ("no one approved it in time" if decision.timed_out else "the user denied it")
+        return ToolVerdict(decision.allow, reason, decision.by)

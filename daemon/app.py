@@ -33,7 +33,8 @@ def make_session(config: Config) -> aiohttp.ClientSession:
         timeout=aiohttp.ClientTimeout(total=None),
         auto_decompress=False,  # relay bytes as they came; the client decodes
         skip_auto_headers=("User-Agent",),
-        headers={"User-Agent": "llmtune-companion"},
+        # Bytes are relayed without Content-Encoding, so ask for them unencoded (aiohttp asks for gzip).
+        headers={"User-Agent": "llmtune-companion", "Accept-Encoding": "identity"},
         trust_env=False,
     )
 

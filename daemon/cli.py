@@ -7,7 +7,9 @@ import asyncio
 import getpass
 import os
 import sys
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -52,11 +54,15 @@ def daemon_url(paths: Paths) -> str | None:
 
 
 def call_daemon(url: str, path: str, token: str, *, method: str = "GET",
-                headers: dict[str, str] | None = None, timeout: float = 30.0) -> Any:
+                headers: dict[str, str] | None = None, timeout: float = 30.0, json: Any = None) -> Any:
     if not url.startswith("http://"):
         raise CLIError(f"unexpected daemon URL {url!r}")
-    request = urllib.request.Request(url + path, method=method, headers={"Authorization": f"Bearer {token}",  # noqa: S310
-                                                                          **(headers or {})})
+    all_headers = {"Authorization": f"Bearer {token}", **(headers or {})}
+    data = None
+    if json is not None:
+        data = orjson.dumps(json)
+        all_headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url + path, data=data, method=method, headers=all_headers)  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http URL from daemon.json)
             return orjson.loads(response.read())
@@ -119,12 +125,26 @@ def _read_key(args: argparse.Namespace) -> str | None:
 
 
 def cmd_workspace(args: argparse.Namespace, paths: Paths) -> int:
-    from .workspaces import add_workspace, remove_workspace
+    from .workspaces import add_workspace, remove_workspace, set_workspace
 
     try:
         if args.action == "add":
-            add_workspace(paths, args.name, _read_key(args))
+            key = _read_key(args)
+            if args.root is not None or args.tools is not None:
+                # First, so a bad root or mode refuses the whole command before the key is saved.
+                set_workspace(paths, args.name, root=args.root, tools=args.tools)
+            add_workspace(paths, args.name, key)
             print(f"workspace {args.name!r} saved; its local token: `llmtune-companion token {args.name}`")
+            return 0
+        if args.action == "set":
+            if args.root is None and args.tools is None:
+                raise CLIError("nothing to set: pass --root DIR and/or --tools MODE", 2)
+            set_workspace(paths, args.name, root=args.root, tools=args.tools)
+            ws = _config(paths).workspaces.get(args.name)
+            if ws is not None:
+                print(f"workspace {args.name!r}: root {ws.settings.root or '(none)'}, tools {ws.settings.tools}")
+            else:
+                print(f"workspace {args.name!r} saved")
             return 0
         if args.action == "remove":
             if not remove_workspace(paths, args.name):
@@ -206,6 +226,108 @@ def cmd_status(args: argparse.Namespace, paths: Paths) -> int:
     return 0 if report["running"] else 3
 
 
+def _control(paths: Paths) -> tuple[str, str]:
+    """The running daemon's URL and the control token; an error when no daemon runs."""
+    from .control import load_control_token
+
+    url = daemon_url(paths)
+    if url is None:
+        raise CLIError("the daemon is not running (start it with `llmtune-companion serve`)", 3)
+    return url, load_control_token(paths)
+
+
+def _format_approval(item: dict[str, Any]) -> str:
+    arguments = item.get("arguments") or {}
+    detail = arguments.get("command") or arguments.get("path") or ""
+    expires = max(0, round(float(item.get("expires_at") or 0) - time.time()))
+    return f"{item['id']}  {item.get('workspace')}  {item.get('tool')}  {detail}  (expires in {expires}s)"
+
+
+def cmd_approvals(args: argparse.Namespace, paths: Paths) -> int:
+    url, token = _control(paths)
+    approvals = call_daemon(url, "/companion/v1/approvals", token)["approvals"]
+    if args.json:
+        print(orjson.dumps(approvals, option=orjson.OPT_INDENT_2).decode())
+    elif not approvals:
+        print("no approvals pending")
+    else:
+        for item in approvals:
+            print(_format_approval(item))
+    return 0
+
+
+def _resolve(paths: Paths, approval_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    url, token = _control(paths)
+    path = "/companion/v1/approvals/" + urllib.parse.quote(approval_id, safe="")
+    try:
+        result: dict[str, Any] = call_daemon(url, path, token, method="POST", json=body)
+    except CLIError as exc:
+        if "answered 404" in str(exc):
+            raise CLIError(f"no pending approval {approval_id!r} (see `llmtune-companion approvals`; it may "
+                           "have been decided already or timed out)") from None
+        raise
+    return result
+
+
+def cmd_approve(args: argparse.Namespace, paths: Paths) -> int:
+    result = _resolve(paths, args.id, {"decision": "allow", "remember": bool(args.remember)})
+    remembered = " and remembered" if result.get("remember") else ""
+    print(f"allowed{remembered}: {args.id} ({result.get('tool')} in {result.get('workspace')})")
+    return 0
+
+
+def cmd_deny(args: argparse.Namespace, paths: Paths) -> int:
+    result = _resolve(paths, args.id, {"decision": "deny", "reason": args.reason})
+    print(f"denied: {args.id} ({result.get('tool')} in {result.get('workspace')})")
+    return 0
+
+
+def _format_undo(entry: dict[str, Any]) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(entry.get("time") or 0)))
+    action = "restore" if entry.get("existed") else "remove (created by the tool)"
+    done = "  [undone]" if entry.get("undone_at") else ""
+    return f"{entry['id']}  {when}  {entry.get('workspace')}  {entry.get('tool')}  {entry.get('path')}  {action}{done}"
+
+
+def cmd_undo(args: argparse.Namespace, paths: Paths) -> int:
+    from .tools.journal import Journal, UndoError
+
+    url = daemon_url(paths)
+    if args.list:
+        if args.id is not None:
+            raise CLIError("--list takes no ID", 2)
+        if url is not None:
+            query = "?workspace=" + urllib.parse.quote(args.workspace) if args.workspace else ""
+            entries = call_daemon(url, "/companion/v1/undo" + query, _control(paths)[1])["entries"]
+        else:
+            entries = [entry.to_dict() for entry in Journal.for_paths(paths).list(args.workspace)]
+        if args.json:
+            print(orjson.dumps(entries, option=orjson.OPT_INDENT_2).decode())
+        elif not entries:
+            print("nothing to undo")
+        else:
+            for entry in entries:
+                print(_format_undo(entry))
+        return 0
+    if url is not None:
+        body = {"id": args.id, "workspace": args.workspace, "force": bool(args.force)}
+        try:
+            done = call_daemon(url, "/companion/v1/undo", _control(paths)[1], method="POST", json=body)["undone"]
+        except CLIError as exc:
+            raise CLIError(str(exc).replace("the daemon answered 409: ", "cannot undo: ")) from None
+    else:
+        try:
+            done = Journal.for_paths(paths).restore(args.id, workspace=args.workspace, force=args.force).to_dict()
+        except UndoError as exc:
+            raise CLIError(f"cannot undo: {exc}") from None
+    if args.json:
+        print(orjson.dumps(done, option=orjson.OPT_INDENT_2).decode())
+    else:
+        what = "restored" if done.get("existed") else "removed (the tool had created it)"
+        print(f"undone {done['id']}: {done.get('path')} in {done.get('root')} {what}")
+    return 0
+
+
 def _format_status(report: dict[str, Any]) -> str:
     lines = [f"daemon:    {'running at ' + report['url'] if report['running'] else 'not running'}",
              f"settings:  {report['settings_dir']}"]
@@ -223,6 +345,13 @@ def _format_status(report: dict[str, Any]) -> str:
         extra = f", last error: {row['error']}" if row.get("error") else ""
         lines.append(f"models:    {row['key']}: {row['models']} models, {state}, {row['age_seconds']}s old{extra}")
     return "\n".join(lines)
+
+
+def _tool_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", metavar="DIR", help="the directory the workspace's tools are confined to")
+    parser.add_argument("--tools", choices=("passthrough", "gate", "execute"),
+                        help="passthrough: tool calls go to the IDE; gate: ask before the IDE runs them; "
+                             "execute: run them here (needs --root)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     keys = add.add_mutually_exclusive_group()
     keys.add_argument("--key", help="the LLMTune key (sk_...); --key-stdin keeps it out of shell history")
     keys.add_argument("--key-stdin", action="store_true", help="read the key from standard input")
+    _tool_options(add)
+    setting = actions.add_parser("set", help="set a workspace's tool root and tool mode")
+    setting.add_argument("name")
+    _tool_options(setting)
     listing = actions.add_parser("list", help="list workspaces (never their keys)")
     listing.add_argument("--json", action="store_true")
     remove = actions.add_parser("remove", help="remove a workspace and its key")
@@ -264,6 +397,31 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="is the daemon running, are the settings valid, is the cache fresh")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    approvals = commands.add_parser("approvals", help="list the tool calls waiting for your approval")
+    approvals.add_argument("--json", action="store_true", help="print a JSON list (each item has an id)")
+    approvals.set_defaults(func=cmd_approvals)
+
+    approve = commands.add_parser("approve", help="allow a pending tool call")
+    approve.add_argument("id", metavar="ID", help="the approval id (see `llmtune-companion approvals`)")
+    approve.add_argument("--remember", action="store_true",
+                         help="also allow calls like it from now on (saved as a policy rule)")
+    approve.set_defaults(func=cmd_approve)
+
+    deny = commands.add_parser("deny", help="refuse a pending tool call")
+    deny.add_argument("id", metavar="ID", help="the approval id (see `llmtune-companion approvals`)")
+    deny.add_argument("--reason", metavar="TEXT", help="why, told to the model")
+    deny.set_defaults(func=cmd_deny)
+
+    undo = commands.add_parser("undo", help="undo a file change a tool made (the latest when no ID is given)",
+                               description="Undo a file change a tool made: the latest one, or ID. Works "
+                                           "through the running daemon, or directly when none runs.")
+    undo.add_argument("id", metavar="ID", nargs="?", help="the undo entry (see `undo --list`)")
+    undo.add_argument("--list", action="store_true", help="list the changes that can be undone, newest first")
+    undo.add_argument("--workspace", help="only changes made in this workspace")
+    undo.add_argument("--force", action="store_true", help="undo even if the file changed since the tool wrote it")
+    undo.add_argument("--json", action="store_true")
+    undo.set_defaults(func=cmd_undo)
     return parser
 
 

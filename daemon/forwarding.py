@@ -98,7 +98,8 @@ async def forward(
                 await response.aclose()
                 log.warning("backend %r answered %d; falling back to %r", backend.name, response.status,
                             route.fallback)
-        if failure is not None and not (route.fallback and fallback_from is None):
+        # Only an upstream that failed (502/504) falls back; a setup error (no key, no backend) is the answer.
+        if failure is not None and (failure.status < 500 or not (route.fallback and fallback_from is None)):
             raise failure
         assert route.fallback is not None
         if failure is not None:

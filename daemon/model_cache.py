@@ -35,6 +35,8 @@ class CacheEntry:
     fetched_at: float  # wall-clock time of the fetch, kept on disk
     error: str | None = None  # why the last refresh failed, if it did
     attempted_at: float = 0.0  # monotonic time of the last refresh attempt
+    # What the list was fetched from (a digest of URL, model list, key): other settings, another list.
+    source: str = ""
     refreshing: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def age(self) -> float:
@@ -54,7 +56,7 @@ class ModelListCache:
         self.directory = directory
         self.ttl = ttl
         self._entries: dict[str, CacheEntry] = {}
-        self._inflight: dict[str, asyncio.Future[CacheEntry]] = {}
+        self._inflight: dict[str, asyncio.Task[CacheEntry]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.upstream_fetches = 0
 
@@ -70,26 +72,28 @@ class ModelListCache:
             return None
         return CachedList(entry.models, entry.fetched_at, False, None)
 
-    async def get(self, key: str, fetch: Fetcher, *, refresh: bool = False) -> CachedList:
+    async def get(self, key: str, fetch: Fetcher, *, refresh: bool = False, source: str = "") -> CachedList:
         entry = self._entries.get(key)
         if entry is None and not refresh:
             entry = self._load(key)
+        if entry is not None and entry.source != source:
+            entry = None  # fetched under settings since changed (reload, restart): not this list
         if entry is not None and not refresh:
             if entry.age() < self.ttl and entry.error is None:
                 return CachedList(entry.models, entry.fetched_at, False, None)
-            self._refresh_in_background(key, fetch, entry)
+            self._refresh_in_background(key, fetch, entry, source)
             return CachedList(entry.models, entry.fetched_at, True, entry.error)
         try:
-            entry = await self._fetch_once(key, fetch)
+            entry = await self._fetch_once(key, fetch, source)
         except Exception as exc:
             fallback = self._entries.get(key) or self._load(key)
-            if fallback is None:
+            if fallback is None or fallback.source != source:
                 raise
             fallback.error = _describe(exc)
             return CachedList(fallback.models, fallback.fetched_at, True, fallback.error)
         return CachedList(entry.models, entry.fetched_at, False, None)
 
-    def _refresh_in_background(self, key: str, fetch: Fetcher, entry: CacheEntry) -> None:
+    def _refresh_in_background(self, key: str, fetch: Fetcher, entry: CacheEntry, source: str) -> None:
         # While the upstream is down, try again now and then rather than on every ask.
         if key in self._inflight or time.monotonic() - entry.attempted_at < min(self.ttl, RETRY_INTERVAL):
             return
@@ -97,33 +101,36 @@ class ModelListCache:
 
         async def refresh() -> None:
             with contextlib.suppress(Exception):
-                await self._fetch_once(key, fetch)
+                await self._fetch_once(key, fetch, source)
 
         task = asyncio.get_running_loop().create_task(refresh())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _fetch_once(self, key: str, fetch: Fetcher) -> CacheEntry:
+    async def _fetch_once(self, key: str, fetch: Fetcher, source: str = "") -> CacheEntry:
         """One upstream fetch per key at a time; everyone asking meanwhile awaits the same one."""
         pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[CacheEntry] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
+        if pending is None:
+            # The fetch is a task of its own: an asker that goes away (a client disconnecting cancels
+            # its handler) must not cancel the fetch the other askers are waiting for.
+            pending = asyncio.get_running_loop().create_task(self._fetch(key, fetch, source))
+            self._inflight[key] = pending
+            self._tasks.add(pending)
+            pending.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(pending)
+
+    async def _fetch(self, key: str, fetch: Fetcher, source: str) -> CacheEntry:
         try:
             self.upstream_fetches += 1
             models = await fetch()
-            entry = CacheEntry(models=models, fetched_at=time.time(), attempted_at=time.monotonic())
+            entry = CacheEntry(models=models, fetched_at=time.time(), attempted_at=time.monotonic(), source=source)
             self._entries[key] = entry
             self._store(key, entry)
-            future.set_result(entry)
             return entry
-        except BaseException as exc:
+        except Exception as exc:
             stale = self._entries.get(key)
-            if stale is not None and isinstance(exc, Exception):
+            if stale is not None:
                 stale.error = _describe(exc)
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: a refresh nobody awaited is not an error to report
             raise
         finally:
             del self._inflight[key]
@@ -134,6 +141,7 @@ class ModelListCache:
             data = orjson.loads(path.read_bytes())
             models = data["models"]
             fetched_at = float(data["fetched_at"])
+            source = str(data.get("source", ""))
             if data.get("key") != key or not isinstance(models, list):
                 raise ValueError("unexpected content")
             if not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in models):
@@ -145,12 +153,12 @@ class ModelListCache:
             with contextlib.suppress(OSError):
                 path.unlink()
             return None
-        entry = CacheEntry(models=models, fetched_at=fetched_at)
+        entry = CacheEntry(models=models, fetched_at=fetched_at, source=source)
         self._entries[key] = entry
         return entry
 
     def _store(self, key: str, entry: CacheEntry) -> None:
-        data = {"key": key, "fetched_at": entry.fetched_at, "models": entry.models}
+        data = {"key": key, "source": entry.source, "fetched_at": entry.fetched_at, "models": entry.models}
         try:
             write_private(self._file(key), orjson.dumps(data))
         except OSError as exc:

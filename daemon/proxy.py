@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 
 from .adapters import BackendRequest, Endpoint, UpstreamBroken
+from .agent import MODE_HEADER, AgentLoop, RunnerHost, choose_mode
 from .errors import CompanionError, sse_error_event
 from .forwarding import Forwarded, forward, with_model
 from .keys import RUNTIME, WORKSPACE
@@ -84,6 +85,16 @@ async def relay(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
             raise CompanionError(404, f"model {model!r} not found on backend {route.backend!r}; "
                                       "GET /v1/models lists what is served", "model_not_found", {"model": model})
     headers = {name: request.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in request.headers}
+    if endpoint in ("chat", "agent_chat"):
+        mode = choose_mode(workspace.settings.tools, request.headers.get(MODE_HEADER))
+        if mode != "passthrough":
+            runner = runtime.tool_runner(workspace.name)
+            if runner is None:
+                raise CompanionError(400, f"tool mode {mode!r} needs the workspace's root: run `llmtune-companion "
+                                          f"workspace set {workspace.name} --root DIR`", "workspace_root_required")
+            loop = AgentLoop(runtime, RunnerHost(runner), workspace, route, request, endpoint,  # type: ignore[arg-type]
+                             mode, workspace.settings.max_steps, model)
+            return await loop.run(payload, headers)
     stream = payload.get("stream") is True
     upstream_request = with_model(
         BackendRequest(endpoint, body, stream, workspace.api_key, headers, payload), route.model

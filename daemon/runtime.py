@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,6 +20,9 @@ from .model_cache import CachedList, ModelList, ModelListCache
 from .paths import Paths
 from .routing import Router
 from .settings import ECHO_BACKEND, HOSTED_BACKEND, Config, ConfigError, Workspace, load_config
+from .tools import ToolRunner
+from .tools.approvals import ApprovalBroker
+from .tools.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,7 @@ class Built:
     backends: dict[str, Backend]
     router: Router
     tokens: tuple[tuple[bytes, Workspace], ...]
+    tool_runners: dict[str, ToolRunner]
 
 
 class Runtime:
@@ -46,6 +52,9 @@ class Runtime:
         self.config_error: str | None = None
         self.reloads = 0
         self.model_cache = ModelListCache(paths.cache_dir, config.settings.cache.models_ttl)
+        # Pending approvals outlive reloads: the broker belongs to the daemon, not to a config.
+        self.approvals = ApprovalBroker(timeout=config.settings.tools.approval_timeout)
+        self.journal = Journal.for_paths(paths)
         self.built = self._build(config)
         self._listing_memo: dict[str, tuple[tuple[Any, ...], bytes]] = {}
 
@@ -80,7 +89,33 @@ class Runtime:
                 key = os.environ.get(spec.api_key_env)
             backends[name] = BACKEND_TYPES[spec.type](name, context, url=spec.url, api_key=key, models=spec.models)
         tokens = tuple((ws.token.encode(), ws) for ws in config.workspaces.values())
-        return Built(config, backends, Router(config.settings, backends), tokens)
+        runners = {
+            ws.name: self._tool_runner(ws)
+            for ws in config.workspaces.values()
+            if ws.settings.root is not None
+        }
+        return Built(config, backends, Router(config.settings, backends), tokens, runners)
+
+    def _tool_runner(self, workspace: Workspace) -> ToolRunner:
+        assert workspace.settings.root is not None
+        runner = ToolRunner.for_paths(
+            self.paths,
+            Path(workspace.settings.root).expanduser(),
+            policy=workspace.settings.policy,
+            broker=self.approvals,
+            limits=workspace.settings.limits,
+            on_remember=self._remember_rule,
+        )
+        return runner
+
+    def _remember_rule(self, workspace: str, rule: str) -> None:
+        """An "allow and remember" becomes an allow rule in config.toml, so it survives reloads."""
+        from .workspaces import remember_allow_rule
+
+        remember_allow_rule(self.paths, workspace, rule)
+
+    def tool_runner(self, workspace: str) -> ToolRunner | None:
+        return self.built.tool_runners.get(workspace)
 
     def reload(self) -> bool:
         """Re-read the settings; an invalid edit keeps the last good ones and is reported."""
@@ -92,6 +127,7 @@ class Runtime:
             return False
         self.built = self._build(config)
         self.model_cache.ttl = config.settings.cache.models_ttl
+        self.approvals.timeout = config.settings.tools.approval_timeout
         self._listing_memo.clear()
         self.config_error = None
         self.reloads += 1
@@ -111,6 +147,13 @@ class Runtime:
 
     def _cache_key(self, backend: Backend, workspace: Workspace) -> str:
         return f"{backend.name}@{workspace.name}" if backend.per_workspace_models else backend.name
+
+    def _cache_source(self, backend: Backend, workspace: Workspace) -> str:
+        """A digest of what a backend's list comes from: another URL, model list or key is another list."""
+        parts = [backend.kind, backend.url or "", *backend.static_models]
+        if backend.per_workspace_models:
+            parts.append(workspace.api_key or "")
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
     async def _fetch_models(self, backend: Backend, workspace: Workspace) -> ModelList:
         response = await backend.handle(BackendRequest("models", api_key=workspace.api_key))
@@ -138,7 +181,8 @@ class Runtime:
             return CachedList(await self._fetch_models(backend, workspace), time.time(), False, None)
         key = self._cache_key(backend, workspace)
         try:
-            return await self.model_cache.get(key, lambda: self._fetch_models(backend, workspace), refresh=refresh)
+            return await self.model_cache.get(key, lambda: self._fetch_models(backend, workspace), refresh=refresh,
+                                              source=self._cache_source(backend, workspace))
         except Exception as exc:
             log.warning("cannot list models of backend %r: %s", backend.name, exc)
             return None

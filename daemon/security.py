@@ -39,7 +39,8 @@ def host_allowed(host_header: str | None, extra: tuple[str, ...]) -> bool:
     if host_header is None:
         return True  # HTTP/1.0 without Host: not a browser, and the socket is loopback anyway
     host = split_host(host_header)
-    return is_loopback_host(host) or host in extra
+    # Names compare like the header: case-insensitive, an entry's port (`mybox.lan:8742`) ignored.
+    return is_loopback_host(host) or host in {split_host(name) for name in extra}
 
 
 def origin_allowed(origin: str, host_header: str | None, extra: tuple[str, ...]) -> bool:

@@ -21,6 +21,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .paths import Paths, write_private
+from .tools.executor import ToolLimits
+from .tools.policy import ToolPolicySettings
 
 DEFAULT_PORT = 8742
 DEFAULT_HOSTED_URL = "https://api.llmtune.io"
@@ -94,12 +96,16 @@ class BackendSettings(_Strict):
     # Models to list when the server cannot list them itself.
     models: tuple[str, ...] = ()
 
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        # Normalised like hosted.base_url: "http://host/v1/" must not become "/v1//chat/completions".
+        return None if value is None else check_http_url(value)
+
     @model_validator(mode="after")
     def _url_for_openai(self) -> BackendSettings:
-        if self.type == "openai":
-            if not self.url:
-                raise ValueError("an openai backend needs url, e.g. http://127.0.0.1:8080/v1")
-            check_http_url(self.url)
+        if self.type == "openai" and not self.url:
+            raise ValueError("an openai backend needs url, e.g. http://127.0.0.1:8080/v1")
         return self
 
 
@@ -112,6 +118,26 @@ class RouteSettings(_Strict):
 
 class WorkspaceSettings(_Strict):
     description: str = ""
+    # The directory the Agent tools are confined to; tool modes other than passthrough need it.
+    root: str | None = None
+    tools: Literal["passthrough", "gate", "execute"] = "passthrough"
+    # How many rounds of tool calls execute mode runs before it answers anyway.
+    max_steps: int = Field(8, ge=1, le=100)
+    policy: ToolPolicySettings = ToolPolicySettings()
+    limits: ToolLimits = ToolLimits()
+
+    @model_validator(mode="after")
+    def _root_for_tools(self) -> WorkspaceSettings:
+        if self.tools != "passthrough" and not self.root:
+            raise ValueError(f"tools = {self.tools!r} needs root, the directory the tools are confined to")
+        if self.root and not Path(self.root).expanduser().is_dir():
+            raise ValueError(f"root {self.root!r} is not a directory")
+        return self
+
+
+class ToolsSettings(_Strict):
+    # Seconds a pending approval waits for a person before it is refused.
+    approval_timeout: float = Field(120.0, gt=0)
 
 
 class Settings(_Strict):
@@ -122,6 +148,7 @@ class Settings(_Strict):
     backends: dict[str, BackendSettings] = {}
     routes: tuple[RouteSettings, ...] = ()
     workspaces: dict[str, WorkspaceSettings] = {}
+    tools: ToolsSettings = ToolsSettings()
 
     @field_validator("backends", "workspaces")
     @classmethod
@@ -135,7 +162,8 @@ class Settings(_Strict):
     def _routes_name_backends(self) -> Settings:
         if HOSTED_BACKEND in self.backends:
             raise ValueError(f"backends: {HOSTED_BACKEND!r} is the built-in hosted backend's name")
-        known = {HOSTED_BACKEND, ECHO_BACKEND, *self.backends}
+        # "local" may come from LLMTUNE_LOCAL_URL; load_config checks it exists once the env is read.
+        known = {HOSTED_BACKEND, ECHO_BACKEND, "local", *self.backends}
         for index, route in enumerate(self.routes):
             if route.backend not in known:
                 raise ValueError(
@@ -154,6 +182,7 @@ class Workspace:
     token: str = field(repr=False)
     api_key: str | None = field(default=None, repr=False)
     key_source: str = "none"  # "secrets", "env" or "none": shown by status instead of the key
+    settings: WorkspaceSettings = field(default_factory=lambda: WorkspaceSettings())
 
     @property
     def has_key(self) -> bool:
@@ -279,7 +308,8 @@ def load_config(paths: Paths, environ: Mapping[str, str] | None = None) -> Confi
         source = "secrets" if api_key else "none"
         if name == DEFAULT_WORKSPACE and env.get(ENV_API_KEY):
             api_key, source = env[ENV_API_KEY], "env"
-        workspaces[name] = Workspace(name=name, token=token, api_key=api_key, key_source=source)
+        workspaces[name] = Workspace(name=name, token=token, api_key=api_key, key_source=source,
+                                     settings=settings.workspaces.get(name) or WorkspaceSettings())
     if changed:
         paths.ensure()
         store.write(data)
@@ -292,6 +322,10 @@ def load_config(paths: Paths, environ: Mapping[str, str] | None = None) -> Confi
         except ValidationError as exc:
             raise ConfigError(_format_validation(exc, ENV_LOCAL_URL)) from exc
     backends.setdefault(ECHO_BACKEND, BackendSettings(type="echo"))
+    for index, route in enumerate(settings.routes):
+        if route.backend != HOSTED_BACKEND and route.backend not in backends:
+            raise ConfigError(f"{paths.config_file.name}: routes[{index}].backend: backend {route.backend!r} "
+                              f"needs [backends.{route.backend}] or {ENV_LOCAL_URL}")
 
     hosted_url = settings.hosted.base_url
     if env.get(ENV_BASE_URL):

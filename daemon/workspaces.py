@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import tomlkit
+from pydantic import ValidationError
 
 from .paths import Paths
-from .settings import DEFAULT_WORKSPACE, NAME_PATTERN, ConfigError, SecretsStore, new_token, read_settings
+from .settings import (
+    DEFAULT_WORKSPACE,
+    NAME_PATTERN,
+    ConfigError,
+    SecretsStore,
+    Settings,
+    new_token,
+    read_settings,
+)
 
 
 def check_name(name: str) -> None:
@@ -15,13 +26,18 @@ def check_name(name: str) -> None:
         raise ConfigError(f"{name!r} is not a valid workspace name (letters, digits, . _ -)")
 
 
-def _edit_config(paths: Paths, change: Any) -> None:
+def _edit_config(paths: Paths, change: Any, *, validate: bool = False) -> None:
     """Edit config.toml keeping the user's comments and layout (tomlkit round-trips them)."""
     path = paths.config_file
     document = tomlkit.parse(path.read_text(encoding="utf-8")) if path.exists() else tomlkit.document()
     change(document)
     paths.ensure()
     text = tomlkit.dumps(document)
+    if validate:
+        try:
+            Settings.model_validate(tomllib.loads(text))
+        except ValidationError as exc:
+            raise ConfigError(f"{path.name}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
@@ -70,3 +86,49 @@ def remove_workspace(paths: Paths, name: str) -> bool:
     if paths.config_file.exists():
         _edit_config(paths, drop_table)
     return found or removed_from_config
+
+
+def _workspace_table(document: Any, name: str) -> Any:
+    workspaces = document.setdefault("workspaces", tomlkit.table(is_super_table=True))
+    if name not in workspaces:
+        workspaces[name] = tomlkit.table()
+    return workspaces[name]
+
+
+def set_workspace(paths: Paths, name: str, *, root: str | None = None, tools: str | None = None) -> None:
+    """Set a workspace's tool root and mode in config.toml, validating the result before saving."""
+    check_name(name)
+    read_settings(paths.config_file)
+    if root is not None:
+        resolved = Path(root).expanduser().resolve()
+        if not resolved.is_dir():
+            raise ConfigError(f"root {root!r} is not a directory")
+        root = str(resolved)
+
+    def change(document: Any) -> None:
+        table = _workspace_table(document, name)
+        if root is not None:
+            table["root"] = root
+        if tools is not None:
+            table["tools"] = tools
+
+    _edit_config(paths, change, validate=True)
+    store = SecretsStore(paths.secrets_file)
+    data = store.read()
+    entry = data["workspaces"].setdefault(name, {})
+    if "token" not in entry:
+        entry["token"] = new_token()
+        store.write(data)
+
+
+def remember_allow_rule(paths: Paths, name: str, rule: str) -> None:
+    """Append an allow rule to `[workspaces.NAME.policy]`, keeping the file's comments."""
+
+    def change(document: Any) -> None:
+        table = _workspace_table(document, name)
+        policy = table.setdefault("policy", tomlkit.table())
+        allow = policy.setdefault("allow", tomlkit.array())
+        if rule not in allow:
+            allow.append(rule)
+
+    _edit_config(paths, change, validate=True)
