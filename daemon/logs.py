@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import re
 import sys
+from typing import Any
 
 from .paths import Paths
 
@@ -14,11 +16,16 @@ SECRET_PATTERN = re.compile(r"(sk_|lct_|ctl_)[A-Za-z0-9_\-]{4,}|(?i:bearer\s+)[A
 
 
 def redact(text: str) -> str:
+    # Most lines carry no secret: plain substring tests are ~10x cheaper than running the pattern.
+    if "sk_" not in text and "lct_" not in text and "ctl_" not in text and "bearer" not in text.lower():
+        return text
     return SECRET_PATTERN.sub(lambda m: (m.group(1) or "Bearer ") + "[redacted]", text)
 
 
 class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.__dict__.get("_companion_redacted"):
+            return True  # already scrubbed by the filter of another handler (file, then stderr)
         message = record.getMessage()
         cleaned = redact(message)
         if cleaned != message:
@@ -30,7 +37,43 @@ class RedactingFilter(logging.Filter):
             record.exc_text = redact(record.exc_text)
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
+        record.__dict__["_companion_redacted"] = True
         return True
+
+
+class OnceFormatter(logging.Formatter):
+    """Formats a record once however many times it is asked (the file's size check, file, stderr)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        cached: tuple[Any, str] | None = record.__dict__.get("_companion_formatted")
+        if cached is not None and cached[0] is self:
+            return cached[1]
+        text = super().format(record)
+        record.__dict__["_companion_formatted"] = (self, text)
+        return text
+
+
+class LogFileHandler(logging.handlers.RotatingFileHandler):
+    """RotatingFileHandler whose "never roll over a non-regular file" check (two stat calls) runs once per
+    opened file instead of once per line; rollover still happens at the same size."""
+
+    _checked_stream: Any = None
+    _regular_file = True
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        if self.stream is None:
+            self.stream = self._open()
+        if self._checked_stream is not self.stream:
+            self._checked_stream = self.stream
+            self._regular_file = not (os.path.exists(self.baseFilename) and not os.path.isfile(self.baseFilename))
+        if not self._regular_file:
+            return False
+        if self.maxBytes > 0:
+            size = len(self.format(record)) + 1
+            self.stream.seek(0, 2)
+            if self.stream.tell() + size >= self.maxBytes:
+                return True
+        return False
 
 
 def configure(paths: Paths, level: str = "INFO", *, to_stderr: bool = True) -> None:
@@ -41,10 +84,10 @@ def configure(paths: Paths, level: str = "INFO", *, to_stderr: bool = True) -> N
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One formatter for every handler, so a line is formatted once and written twice.
+    formatter = OnceFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers: list[logging.Handler] = [
-        logging.handlers.RotatingFileHandler(paths.log_file, maxBytes=5 * 1024 * 1024, backupCount=3,
-                                             encoding="utf-8")
+        LogFileHandler(paths.log_file, maxBytes=5 * 1024 * 1024, backupCount=3, encoding="utf-8")
     ]
     if to_stderr:
         handlers.append(logging.StreamHandler(sys.stderr))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -92,7 +93,7 @@ async def relay(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
             if runner is None:
                 raise CompanionError(400, f"tool mode {mode!r} needs the workspace's root: run `llmtune-companion "
                                           f"workspace set {workspace.name} --root DIR`", "workspace_root_required")
-            loop = AgentLoop(runtime, RunnerHost(runner), workspace, route, request, endpoint,  # type: ignore[arg-type]
+            loop = AgentLoop(runtime, RunnerHost(runner), workspace, route, request, endpoint,
                              mode, workspace.settings.max_steps, model)
             return await loop.run(payload, headers)
     stream = payload.get("stream") is True
@@ -104,8 +105,10 @@ async def relay(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         response = await send_response(request, forwarded, workspace)
     finally:
         if runtime.config.settings.server.log_requests:
-            log.info("%s %s model=%s backend=%s status=%s %.1fms", request.method, request.path, model,
-                     forwarded.backend, forwarded.response.status, (time.perf_counter() - started) * 1000)
+            # Logged on the next loop turn: a non-streamed answer is written out first, not held up by it.
+            asyncio.get_running_loop().call_soon(
+                log.info, "%s %s model=%s backend=%s status=%s %.1fms", request.method, request.path, model,
+                forwarded.backend, forwarded.response.status, (time.perf_counter() - started) * 1000)
     return response
 
 

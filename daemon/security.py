@@ -7,6 +7,7 @@ visits from driving the API from the browser; the token keeps every other local 
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,9 @@ def split_host(value: str) -> str:
     return value
 
 
+# Pure in its arguments, and a client sends the same Host on every request: parsing an IP address for
+# each one cost more than the rest of the guard. Bounded, so varied Host headers only churn it.
+@functools.lru_cache(maxsize=256)
 def host_allowed(host_header: str | None, extra: tuple[str, ...]) -> bool:
     if host_header is None:
         return True  # HTTP/1.0 without Host: not a browser, and the socket is loopback anyway
