@@ -32,7 +32,8 @@ def make_session(config: Config) -> aiohttp.ClientSession:
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=None),
         auto_decompress=False,  # relay bytes as they came; the client decodes
-        skip_auto_headers=("User-Agent",),
+        # No skip_auto_headers: the User-Agent below already replaces aiohttp's, and a session-wide skip
+        # list sends every request down aiohttp's slow header path (same bytes on the wire, more work).
         # Bytes are relayed without Content-Encoding, so ask for them unencoded (aiohttp asks for gzip).
         headers={"User-Agent": "llmtune-companion", "Accept-Encoding": "identity"},
         trust_env=False,

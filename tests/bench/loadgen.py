@@ -180,7 +180,7 @@ async def run_load(
             sent = perf()
             try:
                 status, first, n_events = await asyncio.wait_for(connection.request(raw), timeout)
-            except (OSError, ResponseError, TimeoutError, asyncio.TimeoutError):
+            except (OSError, ResponseError, TimeoutError):
                 errors += 1
                 if connection.transport is not None:
                     connection.transport.close()
