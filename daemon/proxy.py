@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -105,10 +104,8 @@ async def relay(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         response = await send_response(request, forwarded, workspace)
     finally:
         if runtime.config.settings.server.log_requests:
-            # Logged on the next loop turn: a non-streamed answer is written out first, not held up by it.
-            asyncio.get_running_loop().call_soon(
-                log.info, "%s %s model=%s backend=%s status=%s %.1fms", request.method, request.path, model,
-                forwarded.backend, forwarded.response.status, (time.perf_counter() - started) * 1000)
+            log.info("%s %s model=%s backend=%s status=%s %.1fms", request.method, request.path, model,
+                     forwarded.backend, forwarded.response.status, (time.perf_counter() - started) * 1000)
     return response
 
 

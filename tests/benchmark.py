@@ -360,10 +360,13 @@ def serve_command(port: int, *, asyncio_loop: bool = False) -> list[str]:
     return [sys.executable, "-m", "llmtune_companion", "serve", "--port", str(port)]
 
 
-def start_daemon(harness: Harness, name: str, upstream: str, *, asyncio_loop: bool = False) -> Target:
+def start_daemon(harness: Harness, name: str, upstream: str, *, asyncio_loop: bool = False,
+                 config: str | None = None) -> Target:
     home = harness.root / name
     env = daemon_env(home, upstream)
     token = local_token(env)
+    if config is not None:
+        (home / "config.toml").write_text(config)
     child, line, _ = harness.spawn(name, serve_command(0, asyncio_loop=asyncio_loop), env=env, proxy=True,
                                    ready="serving at ")
     url = line.split("serving at ", 1)[1].strip().removesuffix("/v1")
@@ -493,7 +496,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             results["stream_gap0"][name] = load.streams(targets[name], stream_body(50, 0), "gap0", 1,
                                                         duration=duration)
 
-        gap_count = 2 if quick else 4
+        gap_count = 3 if quick else 6
         results["stream_gap20"] = {}
         for name in TARGETS:
             log(f"50-chunk streams, 20 ms gaps, c=1, {gap_count} in a row -> {name}")
@@ -548,6 +551,16 @@ def measure_loops(harness: Harness, load: Load, upstream: Target, upstream_url: 
         assert target.child is not None
         harness.stop(target.child)
         out[name] = row
+    # Informative: the daemon with its one optional per-request cost, the request log line, switched off.
+    target = start_daemon(harness, "daemon_nolog", upstream_url, config="[server]\nlog_requests = false\n")
+    row = {}
+    for conns in (1, 16):
+        log(f"non-stream chat c={conns} -> daemon with log_requests = false")
+        row[f"chat_c{conns}"] = load.requests(target, "POST", target.chat_path, CHAT_BODY, "chat", conns,
+                                              duration, warmup)
+    assert target.child is not None
+    harness.stop(target.child)
+    out["daemon_nolog"] = row
     return out
 
 
@@ -616,8 +629,13 @@ def verdicts(r: dict[str, Any]) -> list[dict[str, Any]]:
           f"{added(g['bare'], g['upstream'], 'total_mean_ms'):+.2f} ms")
     rate = z["daemon"]["events_per_s"]
     check("0-gap 50-chunk streams: chunks/s at c=1", round(rate), ">= 50,000", rate >= 50000,
-          f"upstream alone {z['upstream']['events_per_s']:.0f}/s, bare {z['bare']['events_per_s']:.0f}/s; "
-          f"one 5000-chunk stream: daemon {r['stream_long']['daemon']['events_per_s']:.0f}/s")
+          f"the stand-in alone serves {z['upstream']['events_per_s']:.0f}/s, through the bare relay "
+          f"{z['bare']['events_per_s']:.0f}/s")
+    long = r["stream_long"]
+    rate = long["daemon"]["events_per_s"]
+    check("0-gap 5000-chunk stream: chunks/s relayed", round(rate), ">= 50,000", rate >= 50000,
+          f"steady state without per-request costs; stand-in alone {long['upstream']['events_per_s']:.0f}/s, "
+          f"bare {long['bare']['events_per_s']:.0f}/s")
     m1, m16 = r["models"]["1"], r["models"]["16"]
     models_ok = m1["daemon"]["p50_ms"] <= m1["bare"]["p50_ms"] and m16["daemon"]["rps"] >= m16["bare"]["rps"]
     check("/v1/models (cache) vs bare relay forwarding", round(m16["daemon"]["rps"] / m16["bare"]["rps"], 2),
@@ -715,6 +733,14 @@ def print_report(r: dict[str, Any]) -> None:
                   f"{fmt(uv_c16.get('cpu_us_per_req'), 0)} vs {fmt(other['chat_c16'].get('cpu_us_per_req'), 0)} us); "
                   f"0-gap streams {uv_stream['events_per_s']:.0f} vs {other['stream_gap0']['events_per_s']:.0f} "
                   "events/s")
+    if "loops" in r and "daemon_nolog" in r["loops"]:
+        nolog, c1 = r["loops"]["daemon_nolog"], r["chat"]["1"]
+        add = nolog["chat_c1"]["p50_ms"] - c1["upstream"]["p50_ms"]
+        bare_add = c1["bare"]["p50_ms"] - c1["upstream"]["p50_ms"]
+        print(f"  daemon with log_requests = false (informative): c=1 p50 {nolog['chat_c1']['p50_ms']:.3f} ms "
+              f"(+{add * 1000:.0f} us, {add / bare_add:.2f}x the bare relay's); c=16 {nolog['chat_c16']['rps']:.0f} "
+              f"req/s ({nolog['chat_c16']['rps'] / r['chat']['16']['bare']['rps']:.2f}x bare, CPU/request "
+              f"{fmt(nolog['chat_c16'].get('cpu_us_per_req'), 0)} us)")
     oj = r["orjson"]
     print(f"orjson vs json, parsing a request body: small {oj['orjson_small_us']} vs {oj['json_small_us']} us, "
           f"64 KB {oj['orjson_64kb_us']} vs {oj['json_64kb_us']} us")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import signal
 from collections.abc import AsyncIterator
 
@@ -69,11 +70,9 @@ def main() -> None:
                         help="auto: uvloop when importable, as the daemon does")
     args = parser.parse_args()
     coroutine = serve(args.port, args.upstream, args.api_key)
-    try:
+    if args.loop == "auto" and importlib.util.find_spec("uvloop") is not None:
         import uvloop
-    except ImportError:
-        uvloop = None
-    if uvloop is not None and args.loop == "auto":
+
         uvloop.run(coroutine)
     else:
         asyncio.run(coroutine)
