@@ -10,11 +10,13 @@ from .base import (
     Endpoint,
     UpstreamBroken,
 )
+from .bedrock import BedrockBackend
 from .echo import EchoBackend
 from .llmtune import LLMTuneBackend
 from .openai import OpenAIBackend
 
 BACKEND_TYPES: dict[str, type[Backend]] = {
+    "bedrock": BedrockBackend,
     "echo": EchoBackend,
     "llmtune": LLMTuneBackend,
     "openai": OpenAIBackend,
@@ -27,6 +29,7 @@ __all__ = [
     "BackendRequest",
     "BackendResponse",
     "BackendUnavailable",
+    "BedrockBackend",
     "BytesResponse",
     "EchoBackend",
     "Endpoint",

@@ -14,7 +14,8 @@ from typing import Any, Literal
 import aiohttp
 
 # What the client asked for; each backend maps these onto its own paths.
-Endpoint = Literal["chat", "agent_chat", "completions", "embeddings", "models"]
+# "platform" is any other hosted API path (fine-tune, batch ...), given in BackendRequest.path.
+Endpoint = Literal["chat", "agent_chat", "completions", "embeddings", "models", "platform"]
 
 
 @dataclass(slots=True)
@@ -28,6 +29,9 @@ class BackendRequest:
     headers: Mapping[str, str] = field(default_factory=dict)
     # The parsed body, for backends that must read it (echo); relaying backends ignore it.
     payload: dict[str, Any] | None = None
+    # For the "platform" endpoint: the upstream path (e.g. "/v1/fine-tune/ft_1") and its method.
+    path: str | None = None
+    method: str = "POST"
 
 
 class BackendUnavailable(Exception):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
+import yarl
 
 from .base import AdapterContext, BackendResponse, BackendUnavailable, UpstreamBroken
 
@@ -73,6 +75,17 @@ class HTTPResponse(BackendResponse):
             self._response.close()
 
 
+@functools.lru_cache(maxsize=64)
+def upstream_url(url: str) -> yarl.URL:
+    """Parsed once: a backend calls the same few URLs over and over."""
+    return yarl.URL(url)
+
+
+@functools.lru_cache(maxsize=16)
+def request_timeout(connect: float, first_byte: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=first_byte)
+
+
 async def send(
     context: AdapterContext,
     method: str,
@@ -83,12 +96,10 @@ async def send(
     what: str,
 ) -> HTTPResponse:
     """Open one upstream request and return once its status and headers have arrived."""
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=context.connect_timeout, sock_read=context.first_byte_timeout
-    )
+    timeout = request_timeout(context.connect_timeout, context.first_byte_timeout)
     try:
         response = await context.session.request(
-            method, url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            method, upstream_url(url), data=body, headers=headers, timeout=timeout, allow_redirects=False
         )
     except (TimeoutError, aiohttp.ServerTimeoutError, aiohttp.ConnectionTimeoutError) as exc:
         raise BackendUnavailable(f"{what} did not answer in time", timeout=True) from exc

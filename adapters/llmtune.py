@@ -53,6 +53,17 @@ class LLMTuneBackend(Backend):
         headers.update(request.headers)
         if request.api_key:
             headers["Authorization"] = f"Bearer {request.api_key}"
+        if request.endpoint == "platform":
+            if not request.path or not request.path.startswith("/"):
+                raise ValueError("a platform request needs an absolute path")
+            return await http.send(
+                self.context,
+                request.method,
+                f"{self.url}{request.path}",
+                body=None if request.method == "GET" else request.body,
+                headers=headers,
+                what="the hosted LLMTune API",
+            )
         if request.endpoint != "models":
             return await http.send(
                 self.context,

@@ -9,12 +9,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from . import control, proxy
+from . import control, llm_api, platform, proxy
 from .keys import CONTROL_TOKEN, RUNTIME
 from .paths import Paths
 from .reload import watch_settings
 from .runtime import Runtime
-from .security import guard
+from .security import add_cors_headers, guard
 from .settings import Config, load_config
 
 log = logging.getLogger(__name__)
@@ -52,14 +52,18 @@ def create_app(paths: Paths, config: Config | None = None, *, watch: bool = True
         runtime = Runtime(paths, config, session)
         app[RUNTIME] = runtime
         yield
+        runtime.request_log.flush()
         await runtime.model_cache.aclose()
         await session.close()
 
+    app.on_response_prepare.append(add_cors_headers)
     app.cleanup_ctx.append(runtime_ctx)
     if watch:
         app.cleanup_ctx.append(watch_settings)
     proxy.add_routes(app)
+    platform.add_routes(app)
     control.add_routes(app)
+    llm_api.add_routes(app)
     return app
 
 

@@ -154,14 +154,15 @@ def cmd_workspace(args: argparse.Namespace, paths: Paths) -> int:
     except ConfigError as exc:
         raise CLIError(str(exc), 2) from None
     config = _config(paths)
-    rows = [{"name": ws.name, "has_key": ws.has_key, "key_source": ws.key_source}
-            for ws in config.workspaces.values()]
+    rows = [{"name": ws.name, "has_key": ws.has_key, "key_source": ws.key_source, "root": ws.settings.root,
+             "tools": ws.settings.tools} for ws in config.workspaces.values()]
     if args.json:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
     else:
         for row in rows:
             key = f"key from {row['key_source']}" if row["has_key"] else "no key (hosted models unavailable)"
-            print(f"{row['name']:<20} {key}")
+            tools = f", tools {row['tools']} in {row['root']}" if row["root"] else ""
+            print(f"{row['name']:<20} {key}{tools}")
     return 0
 
 
@@ -328,6 +329,51 @@ def cmd_undo(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
+def _format_job(job: dict[str, Any]) -> str:
+    model = job.get("fine_tuned_model") or ""
+    if model and job.get("deployed"):
+        model += " (deployed)"
+    error = f"  last error: {job['error']}" if job.get("error") else ""
+    return f"{job['id']}  {job.get('workspace')}  {job.get('status')}  {model}{error}".rstrip()
+
+
+def cmd_jobs(args: argparse.Namespace, paths: Paths) -> int:
+    from .jobs import TrackedJob, check_job_id, jobs_file, load_jobs, save_jobs
+
+    url = daemon_url(paths)
+    if args.action == "add":
+        try:
+            job_id = check_job_id(args.id)
+        except ValueError as exc:
+            raise CLIError(str(exc), 2) from None
+        if url is not None:
+            body = {"id": job_id, "workspace": args.workspace}
+            job = call_daemon(url, "/companion/v1/jobs", _control(paths)[1], method="POST", json=body)["job"]
+        else:
+            if args.workspace not in _config(paths).workspaces:
+                raise CLIError(f"no workspace named {args.workspace!r}")
+            # The daemon polls it from its next start.
+            jobs = load_jobs(jobs_file(paths))
+            tracked = jobs.setdefault(job_id, TrackedJob(job_id, args.workspace))
+            paths.ensure()
+            save_jobs(jobs_file(paths), jobs)
+            job = tracked.to_dict()
+        print(orjson.dumps(job, option=orjson.OPT_INDENT_2).decode() if args.json else f"tracking {_format_job(job)}")
+        return 0
+    if url is not None:
+        listed = call_daemon(url, "/companion/v1/jobs", _control(paths)[1])["jobs"]
+    else:
+        listed = [job.to_dict() for job in load_jobs(jobs_file(paths)).values()]
+    if args.json:
+        print(orjson.dumps(listed, option=orjson.OPT_INDENT_2).decode())
+    elif not listed:
+        print("no fine-tune jobs tracked")
+    else:
+        for job in listed:
+            print(_format_job(job))
+    return 0
+
+
 def _format_status(report: dict[str, Any]) -> str:
     lines = [f"daemon:    {'running at ' + report['url'] if report['running'] else 'not running'}",
              f"settings:  {report['settings_dir']}"]
@@ -422,6 +468,15 @@ def build_parser() -> argparse.ArgumentParser:
     undo.add_argument("--force", action="store_true", help="undo even if the file changed since the tool wrote it")
     undo.add_argument("--json", action="store_true")
     undo.set_defaults(func=cmd_undo)
+
+    jobs = commands.add_parser("jobs", help="list the fine-tune jobs the companion watches, or add one by id")
+    jobs.add_argument("--json", action="store_true")
+    job_actions = jobs.add_subparsers(dest="action", metavar="ACTION")
+    job_add = job_actions.add_parser("add", help="watch a fine-tune job created elsewhere")
+    job_add.add_argument("id", metavar="ID", help="the hosted job id")
+    job_add.add_argument("--workspace", default=DEFAULT_WORKSPACE, help="the workspace whose key can read it")
+    job_add.add_argument("--json", action="store_true")
+    jobs.set_defaults(func=cmd_jobs, action=None)
     return parser
 
 

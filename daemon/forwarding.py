@@ -112,8 +112,8 @@ async def forward(
 
 def with_model(request: BackendRequest, model: str) -> BackendRequest:
     """The same request for another model id: the only rewrite the relay makes to a body."""
-    payload = dict(request.payload or {})
-    if payload.get("model") == model:
+    if (request.payload or {}).get("model") == model:
         return request
+    payload = dict(request.payload or {})
     payload["model"] = model
     return replace(request, body=orjson.dumps(payload), payload=payload)

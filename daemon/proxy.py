@@ -103,10 +103,17 @@ async def relay(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     try:
         response = await send_response(request, forwarded, workspace)
     finally:
-        if runtime.config.settings.server.log_requests:
-            log.info("%s %s model=%s backend=%s status=%s %.1fms", request.method, request.path, model,
-                     forwarded.backend, forwarded.response.status, (time.perf_counter() - started) * 1000)
+        log_request(request, model, forwarded, started)
     return response
+
+
+def log_request(request: web.Request, model: str, forwarded: Forwarded, started: float) -> None:
+    runtime = request.app[RUNTIME]
+    if runtime.config.settings.server.log_requests:
+        # raw_path and repr: a client's newline cannot forge a log line.
+        elapsed = (time.perf_counter() - started) * 1000
+        runtime.request_log.add(f"{request.method} {request.raw_path} model={model!r} "
+                                f"backend={forwarded.backend} status={forwarded.response.status} {elapsed:.1f}ms")
 
 
 async def send_response(request: web.Request, forwarded: Forwarded, workspace: Workspace) -> web.StreamResponse:

@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 
 from .adapters import BACKEND_TYPES, AdapterContext, Backend, BackendRequest
+from .logs import RequestLog
 from .model_cache import CachedList, ModelList, ModelListCache
 from .paths import Paths
 from .routing import Router
@@ -52,6 +53,7 @@ class Runtime:
         self.config_error: str | None = None
         self.reloads = 0
         self.model_cache = ModelListCache(paths.cache_dir, config.settings.cache.models_ttl)
+        self.request_log = RequestLog(logging.getLogger("llmtune_companion.requests"))
         # Pending approvals outlive reloads: the broker belongs to the daemon, not to a config.
         self.approvals = ApprovalBroker(timeout=config.settings.tools.approval_timeout)
         self.journal = Journal.for_paths(paths)
@@ -87,7 +89,9 @@ class Runtime:
             key = None
             if spec.api_key_env:
                 key = os.environ.get(spec.api_key_env)
-            backends[name] = BACKEND_TYPES[spec.type](name, context, url=spec.url, api_key=key, models=spec.models)
+            extra: dict[str, Any] = {"region": spec.region} if spec.type == "bedrock" else {}
+            backends[name] = BACKEND_TYPES[spec.type](name, context, url=spec.url, api_key=key, models=spec.models,
+                                                      **extra)
         tokens = tuple((ws.token.encode(), ws) for ws in config.workspaces.values())
         runners = {
             ws.name: self._tool_runner(ws)

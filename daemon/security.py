@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from .errors import CompanionError, error_response
-from .keys import CONTROL_TOKEN, RUNTIME, WORKSPACE
+from .keys import CONTROL_TOKEN, CORS_ORIGIN, RUNTIME, WORKSPACE
 from .settings import is_loopback_host
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,24 @@ def presented_token(request: web.Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
+EXPOSED_HEADERS = "X-Companion-Backend, X-Companion-Fallback-From, Retry-After"
+PREFLIGHT_HEADERS = {
+    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, X-Api-Key, Idempotency-Key, OpenAI-Beta, "
+                                    "X-Companion-Tools, Cache-Control",
+    "Access-Control-Max-Age": "600",
+}
+
+
+async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: runs before headers go out, so streamed answers get them too."""
+    origin = request.get(CORS_ORIGIN)
+    if origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+
+
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -75,9 +93,15 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise CompanionError(403, "requests must address the companion by a loopback name "
                                       "(127.0.0.1, localhost or ::1)", "host_not_allowed")
         origin = request.headers.get("Origin")
-        if origin is not None and not origin_allowed(origin, host, server.allowed_origins):
-            raise CompanionError(403, "cross-origin browser requests are refused; add the origin to "
-                                      "server.allowed_origins to allow it", "origin_not_allowed")
+        if origin is not None:
+            if not origin_allowed(origin, host, server.allowed_origins):
+                raise CompanionError(403, "cross-origin browser requests are refused; add the origin to "
+                                          "server.allowed_origins to allow it", "origin_not_allowed")
+            if origin in server.allowed_origins:
+                request[CORS_ORIGIN] = origin
+                if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+                    # A preflight carries no token; it only asks which methods and headers may follow.
+                    return web.Response(status=204, headers=PREFLIGHT_HEADERS)
         path = request.path
         if path not in OPEN_PATHS:
             token = presented_token(request)

@@ -89,8 +89,11 @@ class HostedSettings(_Strict):
 
 
 class BackendSettings(_Strict):
-    type: Literal["openai", "echo"] = "openai"
+    type: Literal["openai", "echo", "bedrock"] = "openai"
+    # For bedrock, an optional endpoint override (a VPC endpoint, a test stand-in).
     url: str | None = None
+    # AWS region of a bedrock backend; unset, the AWS chain decides (AWS_REGION, the profile).
+    region: str | None = None
     # Name of an environment variable holding this backend's key (vLLM --api-key, LM Studio ...).
     api_key_env: str | None = None
     # Models to list when the server cannot list them itself.
@@ -106,6 +109,8 @@ class BackendSettings(_Strict):
     def _url_for_openai(self) -> BackendSettings:
         if self.type == "openai" and not self.url:
             raise ValueError("an openai backend needs url, e.g. http://127.0.0.1:8080/v1")
+        if self.region is not None and self.type != "bedrock":
+            raise ValueError("region is only read by a bedrock backend")
         return self
 
 
@@ -140,6 +145,31 @@ class ToolsSettings(_Strict):
     approval_timeout: float = Field(120.0, gt=0)
 
 
+class LlmApiSettings(_Strict):
+    # The model the LLM routing API (/api/v1/llm) uses when a request names none.
+    default_model: str = Field("echo", min_length=1)
+
+
+class JobsSettings(_Strict):
+    # Seconds before the first status poll of an unfinished fine-tune job; doubled after each unchanged one.
+    poll_interval: float = Field(5.0, gt=0)
+    # The longest wait between two polls of one job.
+    max_poll_interval: float = Field(300.0, gt=0)
+    # Where each job event is also POSTed as {"event", "data", "timestamp"}; none when unset.
+    webhook_url: str | None = None
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_http_url(value)
+
+    @model_validator(mode="after")
+    def _intervals(self) -> JobsSettings:
+        if self.max_poll_interval < self.poll_interval:
+            raise ValueError("max_poll_interval must not be below poll_interval")
+        return self
+
+
 class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
@@ -149,6 +179,8 @@ class Settings(_Strict):
     routes: tuple[RouteSettings, ...] = ()
     workspaces: dict[str, WorkspaceSettings] = {}
     tools: ToolsSettings = ToolsSettings()
+    jobs: JobsSettings = JobsSettings()
+    llm_api: LlmApiSettings = LlmApiSettings()
 
     @field_validator("backends", "workspaces")
     @classmethod
@@ -257,9 +289,21 @@ def read_settings(path: Path) -> Settings:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path.name}: cannot be read: {exc}") from exc
     try:
-        return Settings.model_validate(raw)
+        return validate_settings(raw)
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, path.name)) from exc
+
+
+def validate_settings(raw: dict[str, Any]) -> Settings:
+    """Strict types: `port = "8080"` or `max_retries = true` is an error, not silently coerced.
+
+    Validated as JSON so that strict mode still takes TOML arrays for tuples and integers for floats.
+    """
+    try:
+        document = orjson.dumps(raw)
+    except TypeError as exc:  # TOML dates and times: no setting takes one
+        raise ConfigError(f"config.toml: unexpected value ({exc})") from exc
+    return Settings.model_validate_json(document, strict=True)
 
 
 class SecretsStore:

@@ -15,9 +15,9 @@ from .settings import (
     NAME_PATTERN,
     ConfigError,
     SecretsStore,
-    Settings,
     new_token,
     read_settings,
+    validate_settings,
 )
 
 
@@ -35,7 +35,7 @@ def _edit_config(paths: Paths, change: Any, *, validate: bool = False) -> None:
     text = tomlkit.dumps(document)
     if validate:
         try:
-            Settings.model_validate(tomllib.loads(text))
+            validate_settings(tomllib.loads(text))
         except ValidationError as exc:
             raise ConfigError(f"{path.name}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
     tmp = path.with_name(f".{path.name}.tmp")

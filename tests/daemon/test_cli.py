@@ -222,7 +222,8 @@ async def test_workspace_add_list_remove(cli: CLI) -> None:
     assert "key from secrets" in lines["team"] and "no key" in lines["default"]
     as_json = await cli.inproc("workspace", "list", "--json")
     rows = {row["name"]: row for row in orjson.loads(as_json.out)}
-    assert rows["team"] == {"name": "team", "has_key": True, "key_source": "secrets"}
+    assert rows["team"] == {"name": "team", "has_key": True, "key_source": "secrets", "root": None,
+                            "tools": "passthrough"}
     # The env key shows as such, still without the key itself.
     env_listed = await cli.inproc("workspace", "list", LLMTUNE_API_KEY=WORKSPACE_KEY)
     assert "key from env" in env_listed.out

@@ -53,6 +53,10 @@ async def test_workspace_set_and_add_with_root_and_tools(cli: CLI, tmp_path: Pat
     other = load_config(cli.paths).workspaces["other"]
     assert (other.settings.root, other.settings.tools) == (str(project.resolve()), "gate")
     assert other.token  # a real workspace, with its local token
+    listed = await cli.inproc("workspace", "list")
+    assert f"tools gate in {project.resolve()}" in listed.out
+    rows = {row["name"]: row for row in orjson.loads((await cli.inproc("workspace", "list", "--json")).out)}
+    assert (rows["default"]["tools"], rows["default"]["root"]) == ("execute", str(project.resolve()))
 
     before = cli.paths.config_file.read_text()
     missing = await cli.inproc("workspace", "set", "other", "--root", str(tmp_path / "missing"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Iterator
 
 import pytest
@@ -132,3 +133,24 @@ def test_configure_twice_does_not_duplicate_lines(home: Paths, restore_logging: 
     text = home.log_file.read_text(encoding="utf-8")
     assert text.count("once") == 1
     assert "hidden at INFO" not in text
+
+
+async def test_request_log_batches_lines_each_with_its_time(caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    from llmtune_companion.logs import RequestLog
+
+    logger = logging.getLogger("llmtune_companion.requests.test")
+    logger.setLevel(logging.INFO)
+    request_log = RequestLog(logger, interval=0.05)
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        request_log.add("POST /v1/chat/completions model='echo' backend=echo status=200 0.4ms")
+        request_log.add("GET /v1/models model=None backend=echo status=200 0.1ms")
+        assert not caplog.records  # held for the batch
+        await asyncio.sleep(0.15)
+    assert len(caplog.records) == 1
+    text = caplog.records[0].getMessage()
+    lines = text.splitlines()
+    assert lines[0] == "2 requests"
+    assert all(re.match(r"^  \d\d:\d\d:\d\d\.\d{3} ", line) for line in lines[1:])
+    assert "POST /v1/chat/completions" in lines[1] and "GET /v1/models" in lines[2]

@@ -133,6 +133,36 @@ async def test_allowed_origins_extends_the_list(start_daemon: StartDaemon, http:
     assert status == 403 and error_code(body) == "origin_not_allowed"
 
 
+async def test_allowed_origin_gets_cors_headers_and_preflight(start_daemon: StartDaemon) -> None:
+    """An origin the user allowed can really be used from a browser: preflight, then the call, streamed too."""
+    origin = "http://localhost:5173"
+    daemon = await start_daemon(key=None, config=f'[server]\nallowed_origins = ["{origin}"]\n')
+    async with aiohttp.ClientSession() as session:
+        preflight = {"Origin": origin, "Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "authorization, content-type"}
+        async with session.options(daemon.base_url + "/chat/completions", headers=preflight) as response:
+            assert response.status == 204  # no token needed to ask
+            assert "POST" in response.headers["Access-Control-Allow-Methods"]
+            assert "Authorization" in response.headers["Access-Control-Allow-Headers"]
+        body = {"model": "echo", "stream": True, "messages": [{"role": "user", "content": "hi there"}]}
+        async with session.post(daemon.base_url + "/chat/completions", json=body,
+                                headers={"Origin": origin, **daemon.auth()}) as response:
+            assert response.status == 200
+            assert response.headers["Access-Control-Allow-Origin"] == origin
+            assert "X-Companion-Backend" in response.headers["Access-Control-Expose-Headers"]
+            assert b"[DONE]" in await response.read()
+        # Without a token the call itself is still refused, CORS or not.
+        async with session.get(daemon.base_url + "/models", headers={"Origin": origin}) as response:
+            assert response.status == 401
+        # A foreign origin's preflight is refused, and nobody else gets CORS headers.
+        async with session.options(daemon.base_url + "/chat/completions",
+                                   headers={**preflight, "Origin": "http://evil.example"}) as response:
+            assert response.status == 403
+            assert "Access-Control-Allow-Origin" not in response.headers
+        async with session.get(daemon.base_url + "/models", headers=daemon.auth()) as response:
+            assert "Access-Control-Allow-Origin" not in response.headers
+
+
 # -- tokens --------------------------------------------------------------------------------------
 
 
@@ -292,6 +322,7 @@ async def test_workspace_key_never_leaks(
     assert_secret_free(status_text, secrets=[WORKSPACE_KEY, daemon.token, nokey_token, daemon.control_token])
     assert any(ws["has_key"] and ws["key_source"] == "secrets" for ws in daemon.runtime.status()["workspaces"])
 
+    daemon.runtime.request_log.flush()  # request lines are written in batches
     for handler in logging.getLogger("llmtune_companion").handlers:
         handler.flush()
     log_files = list(daemon.paths.log_dir.glob("*"))

@@ -147,7 +147,7 @@ BAD_CONFIGS = {
     ),
     "openai backend without url": ('[backends.gpu]\ntype = "openai"\n', ["backends.gpu", "needs url"]),
     "backend url not http": ('[backends.gpu]\nurl = "ftp://host/v1"\n', ["backends.gpu.url", "http://", "ftp://host/v1"]),
-    "backend type": ('[backends.gpu]\ntype = "grpc"\n', ["backends.gpu.type", "'openai' or 'echo'"]),
+    "backend type": ('[backends.gpu]\ntype = "grpc"\n', ["backends.gpu.type", "'openai', 'echo' or 'bedrock'"]),
     "backend named like the hosted one": ('[backends.llmtune]\ntype = "echo"\n', ["backends", "'llmtune'"]),
     "bad backend name": ('[backends."my gpu"]\ntype = "echo"\n', ["backends", "'my gpu'", "not a valid name"]),
     "bad workspace name": ('[workspaces."a b"]\n', ["workspaces", "'a b'", "not a valid name"]),
@@ -373,3 +373,24 @@ def test_a_route_to_local_needs_the_local_backend(home: Paths, monkeypatch: pyte
     config = load_config(home)
     assert config.settings.routes[0].backend == "local"
     assert config.backends["local"].url == "http://127.0.0.1:8080/v1"
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ('[server]\nport = "8080"\n', "server.port"),
+    ("[server]\nport = true\n", "server.port"),
+    ("[upstream]\nmax_retries = true\n", "upstream.max_retries"),
+    ('[server]\nlog_requests = "yes"\n', "server.log_requests"),
+    ("[hosted]\nfallback = 3\n", "hosted.fallback"),
+])
+def test_types_are_strict(home: Paths, text: str, field: str) -> None:
+    """A value of the wrong type is an error naming the field, never silently converted."""
+    write_config(home, text)
+    with pytest.raises(ConfigError, match=re.escape(field)):
+        load_config(home)
+
+
+def test_strict_types_still_take_toml_arrays_and_integer_seconds(home: Paths) -> None:
+    write_config(home, '[server]\nallowed_hosts = ["mybox.lan"]\n[upstream]\nread_timeout = 30\n')
+    settings = load_config(home).settings
+    assert settings.server.allowed_hosts == ("mybox.lan",)
+    assert settings.upstream.read_timeout == 30.0
