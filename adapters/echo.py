@@ -42,6 +42,33 @@ def _words(text: str) -> list[str]:
     return [piece if index == 0 else " " + piece for index, piece in enumerate(pieces)]
 
 
+def _forced_tool(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The function a request forces (`tool_choice` naming one, or "required": the first), if any."""
+    functions = [t["function"] for t in payload.get("tools") or []
+                 if isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("name")]
+    choice = payload.get("tool_choice")
+    if not functions or choice in (None, "auto", "none"):
+        return None
+    if choice == "required":
+        return dict(functions[0])
+    wanted = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+    return next((dict(f) for f in functions if f["name"] == wanted), None)
+
+
+def _placeholder_arguments(schema: Any, text: str) -> dict[str, Any]:
+    """Arguments that satisfy a JSON schema's required fields: strings get the user's message."""
+    if not isinstance(schema, dict):
+        return {}
+    properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    placeholders: dict[str, Any] = {"string": text, "integer": 0, "number": 0, "boolean": False,
+                                    "array": [], "object": {}}
+    arguments: dict[str, Any] = {}
+    for name in schema.get("required") or []:
+        kind = (properties.get(name) or {}).get("type", "string")
+        arguments[str(name)] = placeholders.get(kind if isinstance(kind, str) else "string", text)
+    return arguments
+
+
 def _vector(text: str) -> list[float]:
     digest = hashlib.sha512(text.encode()).digest()
     raw = [value / 128.0 for value in struct.unpack("64b", digest)]
@@ -68,7 +95,52 @@ class EchoBackend(Backend):
             return _error(400, "'messages' must be a non-empty array", "invalid_messages")
         users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
         text = _text_of(users[-1].get("content")) if users else ""
+        tool = _forced_tool(payload)
+        if tool is not None:
+            return self._tool_call(payload, tool, text, stream=request.stream)
         return self._answer(payload, text, chat=True, stream=request.stream)
+
+    def _tool_call(self, payload: dict[str, Any], tool: dict[str, Any], text: str, *, stream: bool) -> BackendResponse:
+        """A forced tool choice is answered with a call to that tool, so clients' tool handling can be
+        tried offline; the arguments fill the schema's required fields from the user's message."""
+        model = str(payload.get("model") or "echo")
+        name = str(tool.get("name"))
+        arguments = orjson.dumps(_placeholder_arguments(tool.get("parameters"), text)).decode()
+        call_id = "call_echo_" + uuid.uuid4().hex[:16]
+        ident = "chatcmpl-" + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        prompt_tokens = len(text.split())
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 1, "total_tokens": prompt_tokens + 1}
+        if not stream:
+            message = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}]}
+            body = {"id": ident, "object": "chat.completion", "created": created, "model": model,
+                    "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}], "usage": usage}
+            return BytesResponse(200, orjson.dumps(body), JSON)
+        options = payload.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        half = len(arguments) // 2
+        deltas: list[dict[str, Any]] = [
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"index": 0, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]},
+            {"tool_calls": [{"index": 0, "function": {"arguments": arguments[:half]}}]},
+            {"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]},
+        ]
+
+        async def events() -> AsyncIterator[bytes]:
+            def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+                chunk = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+                         "choices": choices, **extra}
+                return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+            for delta in deltas:
+                yield event([{"index": 0, "delta": delta, "finish_reason": None}])
+            yield event([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}])
+            if include_usage:
+                yield event([], usage=usage)
+            yield b"data: [DONE]\n\n"
+
+        return BytesResponse(200, events(), SSE)
 
     def _answer(self, payload: dict[str, Any], text: str, *, chat: bool, stream: bool) -> BackendResponse:
         model = str(payload.get("model") or "echo")

@@ -181,3 +181,34 @@ async def test_an_abandoned_stream_can_be_closed(echo: EchoBackend) -> None:
     assert first.startswith(b"data: ")
     await chunks.aclose()
     await response.aclose()  # releases the generator without reading the rest
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+    "required": ["city", "days"]}}}
+OTHER = {"type": "function", "function": {"name": "other", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(("choice", "name"), [
+    ({"type": "function", "function": {"name": "get_weather"}}, "get_weather"),
+    ("required", "other"),
+])
+async def test_forced_tool_choice_gets_a_tool_call(echo: EchoBackend, choice: Any, name: str) -> None:
+    payload = {"model": "echo", "messages": [user("Oslo")], "tools": [OTHER, WEATHER], "tool_choice": choice}
+    parsed = ChatCompletion.model_validate(await read_json(await ask(echo, "chat", payload)))
+    calls = parsed.choices[0].message.tool_calls or []
+    assert parsed.choices[0].finish_reason == "tool_calls" and [c.function.name for c in calls] == [name]
+    expected = {"city": "Oslo", "days": 0} if name == "get_weather" else {}
+    assert orjson.loads(calls[0].function.arguments) == expected
+    events = await read_events(await ask(echo, "chat", {**payload, "stream": True}))
+    chunks = [ChatCompletionChunk.model_validate(e) for e in events if e != "[DONE]"]
+    arguments = "".join(tc.function.arguments or "" for c in chunks for ch in c.choices
+                        for tc in ch.delta.tool_calls or [] if tc.function)
+    assert orjson.loads(arguments) == expected
+    assert chunks[-1].choices[0].finish_reason == "tool_calls" and events[-1] == "[DONE]"
+
+
+async def test_auto_tool_choice_still_echoes(echo: EchoBackend) -> None:
+    payload = {"model": "echo", "messages": [user("Oslo")], "tools": [WEATHER], "tool_choice": "auto"}
+    body = await read_json(await ask(echo, "chat", payload))
+    assert body["choices"][0]["message"]["content"] == "Oslo" and "tool_calls" not in body["choices"][0]["message"]

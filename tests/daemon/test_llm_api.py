@@ -309,6 +309,30 @@ async def test_echo_stream_events(start_daemon: StartDaemon) -> None:
     ]
 
 
+async def test_echo_tool_call_events_and_answer(start_daemon: StartDaemon) -> None:
+    """The built-in backend answers a forced tool choice with a call, so the whole tool flow works offline."""
+    daemon = await start_daemon()
+    body = {"messages": hello("Oslo"), "tools": [ANTHROPIC_TOOL],
+            "tool_choice": {"type": "tool", "name": "get_weather"}}
+    events = await stream(daemon, body)
+    types = [e["type"] for e in events]
+    assert types[0] == "tool_use_start" and events[0]["name"] == "get_weather"
+    assert types[1:-3] == ["tool_use_delta"] * (len(types) - 4) and len(types) - 4 >= 2
+    assert types[-3:] == ["tool_use_complete", "message_stop", "metadata"]
+    call_id = events[0]["id"]
+    assert all(e["id"] == call_id for e in events[:-2])
+    expected = {"city": "Oslo"}  # the schema's required string, filled from the user's message
+    assert json.loads("".join(e["delta"] for e in events if e["type"] == "tool_use_delta")) == expected
+    assert events[-3] == {"type": "tool_use_complete", "id": call_id, "name": "get_weather", "input": expected}
+    assert events[-2] == {"type": "message_stop", "stop_reason": "tool_use", "model": "echo"}
+    status, _, answer = await call(daemon, "/completions", body)
+    assert status == 200
+    assert answer["stop_reason"] == "tool_use" and answer["tool_calls"][0]["input"] == expected
+    # Without a forced choice, echo just echoes.
+    status, _, answer = await call(daemon, "/completions", {"messages": hello("Oslo"), "tools": [ANTHROPIC_TOOL]})
+    assert answer["tool_calls"] == [] and answer["content"] == "Oslo"
+
+
 async def test_models_and_configured_default(start_daemon: StartDaemon, standin: StandIn) -> None:
     daemon = await start_daemon(config=f'[llm_api]\ndefault_model = "{HOSTED}"\n',
                                 env={"LLMTUNE_BASE_URL": standin.url})
