@@ -59,12 +59,13 @@ def _placeholder_arguments(schema: Any, text: str) -> dict[str, Any]:
     """Arguments that satisfy a JSON schema's required fields: strings get the user's message."""
     if not isinstance(schema, dict):
         return {}
-    properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    properties: dict[str, Any] = schema["properties"] if isinstance(schema.get("properties"), dict) else {}
     placeholders: dict[str, Any] = {"string": text, "integer": 0, "number": 0, "boolean": False,
                                     "array": [], "object": {}}
     arguments: dict[str, Any] = {}
     for name in schema.get("required") or []:
-        kind = (properties.get(name) or {}).get("type", "string")
+        spec = properties.get(name)
+        kind = spec.get("type", "string") if isinstance(spec, dict) else "string"
         arguments[str(name)] = placeholders.get(kind if isinstance(kind, str) else "string", text)
     return arguments
 
