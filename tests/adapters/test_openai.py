@@ -179,7 +179,6 @@ async def replay_server(aiohttp_server: ServerFactory, body: bytes, content_type
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", handler)
-    app["seen"] = seen
     return await aiohttp_server(app)
 
 
