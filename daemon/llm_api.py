@@ -91,10 +91,6 @@ async def upstream_failure(response: BackendResponse, forwarded: Forwarded, work
     return CompanionError(response.status, message, "upstream_error", details, headers)
 
 
-def _log(prepared: Prepared, request: web.Request, forwarded: Forwarded, started: float) -> None:
-    log_request(request, prepared.model, forwarded, started)
-
-
 async def completions(request: web.Request) -> web.Response:
     started = time.perf_counter()
     prepared = await prepare(request, stream=False)
@@ -114,7 +110,7 @@ async def completions(request: web.Request) -> web.Response:
         answer = from_openai_response(parsed, prepared.model)
     finally:
         await response.aclose()
-        _log(prepared, request, forwarded, started)
+        log_request(request, prepared.model, forwarded, started)
     return web.Response(body=orjson.dumps(answer), content_type="application/json",
                         headers={BACKEND_HEADER: forwarded.backend})
 
@@ -151,7 +147,7 @@ async def completions_stream(request: web.Request) -> web.StreamResponse:
         return out
     finally:
         await upstream.aclose()
-        _log(prepared, request, forwarded, started)
+        log_request(request, prepared.model, forwarded, started)
 
 
 async def relay_events(upstream: BackendResponse, translator: StreamTranslator, out: web.StreamResponse) -> None:

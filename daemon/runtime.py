@@ -23,7 +23,9 @@ from .routing import Router
 from .settings import ECHO_BACKEND, HOSTED_BACKEND, Config, ConfigError, Workspace, load_config
 from .tools import ToolRunner
 from .tools.approvals import ApprovalBroker
+from .tools.audit import AuditLog
 from .tools.journal import Journal
+from .tools.policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class Runtime:
         # Pending approvals outlive reloads: the broker belongs to the daemon, not to a config.
         self.approvals = ApprovalBroker(timeout=config.settings.tools.approval_timeout)
         self.journal = Journal.for_paths(paths)
+        self.audit = AuditLog.for_paths(paths)
         self.built = self._build(config)
         self._listing_memo: dict[str, tuple[tuple[Any, ...], bytes]] = {}
 
@@ -102,15 +105,17 @@ class Runtime:
 
     def _tool_runner(self, workspace: Workspace) -> ToolRunner:
         assert workspace.settings.root is not None
-        runner = ToolRunner.for_paths(
-            self.paths,
+        # One journal and one audit log for every workspace: they share files, so they share locks and ids.
+        return ToolRunner(
             Path(workspace.settings.root).expanduser(),
-            policy=workspace.settings.policy,
+            companion_dir=self.paths.root,
+            policy=Policy(workspace.settings.policy),
             broker=self.approvals,
+            journal=self.journal,
+            audit=self.audit,
             limits=workspace.settings.limits,
             on_remember=self._remember_rule,
         )
-        return runner
 
     def _remember_rule(self, workspace: str, rule: str) -> None:
         """An "allow and remember" becomes an allow rule in config.toml, so it survives reloads."""
