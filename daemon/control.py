@@ -146,7 +146,8 @@ async def events(request: web.Request) -> web.StreamResponse:
         iterator = aiter(subscription)
         while True:
             try:
-                event = await asyncio.wait_for(anext(iterator), DISCONNECT_POLL_SECONDS)
+                async with asyncio.timeout(DISCONNECT_POLL_SECONDS):  # not wait_for: see jobs.JobTracker._run
+                    event = await anext(iterator)
             except TimeoutError:
                 if _gone(request):
                     break

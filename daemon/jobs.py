@@ -226,8 +226,11 @@ class JobTracker:
                     self._schedule(job.id, reset=changed)
             waits = [self._due[job.id] for job in self.jobs.values() if job.watching and job.id in self._due]
             timeout = max(0.0, min(waits) - time.monotonic()) if waits else None
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that races the wake-up,
+            # and then aclose() would wait on a loop that never ends.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     async def _poll(self, job: TrackedJob) -> bool:
         """Ask the hosted API for one job; True when something changed."""

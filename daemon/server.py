@@ -55,8 +55,7 @@ async def serve(
         if exc.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)):
             raise PortBusy(port) from None
         raise
-    sockets = getattr(site._server, "sockets", None) or []  # the real port when 0 was asked for
-    bound = sockets[0].getsockname()[1] if sockets else port
+    bound = int(runner.addresses[0][1])  # the real port when 0 was asked for
     url = display_url(host, bound)
     write_private(paths.daemon_file, orjson.dumps({"pid": os.getpid(), "url": url, "host": host, "port": bound,
                                                     "started_at": time.time()}))

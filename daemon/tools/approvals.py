@@ -174,7 +174,8 @@ class ApprovalBroker:
         self._pending[item.id] = item
         self.publish({"type": APPROVAL_PENDING, "approval": item.to_dict()})
         try:
-            return await asyncio.wait_for(asyncio.shield(item.future), wait)
+            async with asyncio.timeout(wait):  # not wait_for: on 3.11 it can swallow a racing cancel
+                return await asyncio.shield(item.future)
         except TimeoutError:
             return self._finish(item, Decision(False, reason="timed out", by="timeout"))
         except asyncio.CancelledError:

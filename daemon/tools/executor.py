@@ -698,7 +698,8 @@ class Executor:
         """Collect the exit status, and the output still buffered in the pipe."""
         await self._wait_exit(proc, limit)
         try:
-            await asyncio.wait_for(asyncio.shield(reader), limit)
+            async with asyncio.timeout(limit):  # not wait_for: on 3.11 it can swallow a racing cancel
+                await asyncio.shield(reader)
         except TimeoutError:
             # A writer that left the process group (setsid) still holds the pipe: stop reading.
             reader.cancel()
