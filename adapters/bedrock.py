@@ -392,7 +392,12 @@ class _EventPump:
         self._put(_END)
 
     def close(self) -> None:
+        """Never blocks: closing the stream waits for the reader thread's socket read (until the next
+        event arrives), so it is done on a thread of its own, not on the event loop."""
         self._stop.set()
+        threading.Thread(target=self._close_stream, name="bedrock-stream-close", daemon=True).start()
+
+    def _close_stream(self) -> None:
         with contextlib.suppress(Exception):
             self._stream.close()
 

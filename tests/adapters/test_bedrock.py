@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,36 @@ async def test_abandoned_stream_stops_its_reader(bedrock: tuple[BedrockStandIn, 
                 break
             await asyncio.sleep(0.05)
         assert not any(t.name == "bedrock-stream" and t.is_alive() for t in threading.enumerate())
+
+
+class StalledStream:
+    """Behaves like botocore's EventStream over a socket with nothing more to read: iteration blocks,
+    and close() waits for the blocked read (http.client's lock) before it can close the connection."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.closed = threading.Event()
+
+    def __iter__(self) -> Any:
+        yield {"messageStart": {"role": "assistant"}}
+        self.released.wait(5)
+
+    def close(self) -> None:
+        self.released.wait(5)
+        self.closed.set()
+
+
+async def test_closing_a_stalled_stream_never_blocks_the_event_loop() -> None:
+    from llmtune_companion.adapters.bedrock import _EventPump
+
+    stream = StalledStream()
+    pump = _EventPump(stream, asyncio.get_running_loop())
+    assert await asyncio.wait_for(pump.queue.get(), 5) == {"messageStart": {"role": "assistant"}}
+    started = time.monotonic()
+    pump.close()
+    assert time.monotonic() - started < 0.5  # the loop is free at once, though the close itself waits
+    stream.released.set()
+    assert await asyncio.to_thread(stream.closed.wait, 5)  # and the stream does get closed
 
 
 # -- through the daemon, with the openai SDK --------------------------------------------------------
