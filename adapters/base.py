@@ -9,9 +9,10 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import aiohttp
+if TYPE_CHECKING:
+    from .http1 import ConnectionPool
 
 # What the client asked for; each backend maps these onto its own paths.
 # "platform" is any other hosted API path (fine-tune, batch ...), given in BackendRequest.path.
@@ -102,9 +103,9 @@ class BytesResponse(BackendResponse):
 
 @dataclass(frozen=True, slots=True)
 class AdapterContext:
-    """What every backend shares: the pooled client session and the timeouts."""
+    """What every backend shares: the upstream connection pool and the timeouts."""
 
-    session: aiohttp.ClientSession
+    pool: ConnectionPool
     connect_timeout: float = 10.0
     first_byte_timeout: float = 300.0
     read_timeout: float = 120.0

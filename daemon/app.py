@@ -10,6 +10,7 @@ import aiohttp
 from aiohttp import web
 
 from . import control, llm_api, platform, proxy
+from .adapters.http1 import ConnectionPool
 from .keys import CONTROL_TOKEN, RUNTIME
 from .paths import Paths
 from .reload import watch_settings
@@ -20,7 +21,13 @@ from .settings import Config, load_config
 log = logging.getLogger(__name__)
 
 
+def make_pool(config: Config) -> ConnectionPool:
+    """The backends' upstream connections (the relay's hot path; see adapters/http1.py)."""
+    return ConnectionPool(limit=config.settings.upstream.pool_size, keepalive=60.0)
+
+
 def make_session(config: Config) -> aiohttp.ClientSession:
+    """For the daemon's own calls off the relay path (job webhooks)."""
     connector = aiohttp.TCPConnector(
         limit=config.settings.upstream.pool_size,
         keepalive_timeout=60,
@@ -49,11 +56,13 @@ def create_app(paths: Paths, config: Config | None = None, *, watch: bool = True
 
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         session = make_session(config)
-        runtime = Runtime(paths, config, session)
+        pool = make_pool(config)
+        runtime = Runtime(paths, config, session, pool)
         app[RUNTIME] = runtime
         yield
         runtime.request_log.flush()
         await runtime.model_cache.aclose()
+        await pool.aclose()
         await session.close()
 
     app.on_response_prepare.append(add_cors_headers)

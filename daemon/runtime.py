@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 
 from .adapters import BACKEND_TYPES, AdapterContext, Backend, BackendRequest
+from .adapters.http1 import ConnectionPool
 from .logs import RequestLog
 from .model_cache import CachedList, ModelList, ModelListCache
 from .paths import Paths
@@ -48,9 +49,10 @@ class Built:
 
 
 class Runtime:
-    def __init__(self, paths: Paths, config: Config, session: aiohttp.ClientSession) -> None:
+    def __init__(self, paths: Paths, config: Config, session: aiohttp.ClientSession, pool: ConnectionPool) -> None:
         self.paths = paths
         self.session = session
+        self.pool = pool
         self.started_at = time.time()
         self.config_error: str | None = None
         self.reloads = 0
@@ -80,7 +82,7 @@ class Runtime:
     def _build(self, config: Config) -> Built:
         upstream = config.settings.upstream
         context = AdapterContext(
-            session=self.session,
+            pool=self.pool,
             connect_timeout=upstream.connect_timeout,
             first_byte_timeout=upstream.first_byte_timeout,
             read_timeout=upstream.read_timeout,

@@ -7,6 +7,7 @@ llama.cpp server (tests/support/llama_fixture.py).
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,13 @@ pytest_plugins = ["tests.support.llama_fixture"]
 
 # The workspace key the stand-in accepts; tests assert it never leaks to a client or a log.
 WORKSPACE_KEY = "sk_test_workspace_0123456789abcdef"
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

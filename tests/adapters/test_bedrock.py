@@ -24,6 +24,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, EventStreamError
 from llmtune_companion.adapters import BACKEND_TYPES, AdapterContext, BackendRequest, BedrockBackend
 from llmtune_companion.adapters.bedrock import StreamTranslator, from_converse, to_converse
+from llmtune_companion.adapters.http1 import ConnectionPool
 
 from tests.conftest import Daemon, StartDaemon
 from tests.support.bedrock_standin import BedrockStandIn, encode_event
@@ -246,8 +247,8 @@ async def test_abandoned_stream_stops_its_reader(bedrock: tuple[BedrockStandIn, 
     """Closing the response mid-stream closes the event stream and ends the reading thread."""
     api, url = bedrock
     api.stream_delay = 0.02
-    async with aiohttp.ClientSession() as session:
-        backend = BedrockBackend("aws", AdapterContext(session), url=url, models=(MODEL,), region="us-east-1")
+    async with ConnectionPool() as pool:
+        backend = BedrockBackend("aws", AdapterContext(pool), url=url, models=(MODEL,), region="us-east-1")
         payload = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "word " * 200}]}
         response = await backend.handle(BackendRequest("chat", stream=True, payload=payload))
         assert response.status == 200 and response.content_type == "text/event-stream"

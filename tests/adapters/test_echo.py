@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 from llmtune_companion.adapters import AdapterContext, BackendRequest, BackendResponse, EchoBackend, Endpoint
-from llmtune_companion.app import make_session
+from llmtune_companion.app import make_pool
 from llmtune_companion.paths import Paths
 from llmtune_companion.settings import load_config
 from openai.types import Completion, CreateEmbeddingResponse
@@ -18,11 +18,11 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 @pytest.fixture
 async def echo(home: Paths) -> AsyncIterator[EchoBackend]:
-    session = make_session(load_config(home))  # the session the daemon uses; echo never touches it
+    pool = make_pool(load_config(home))  # the pool the daemon uses; echo never touches it
     try:
-        yield EchoBackend("echo", AdapterContext(session))
+        yield EchoBackend("echo", AdapterContext(pool))
     finally:
-        await session.close()
+        await pool.aclose()
 
 
 async def ask(backend: EchoBackend, endpoint: Endpoint, payload: dict[str, Any]) -> BackendResponse:

@@ -1,6 +1,6 @@
 """The hosted backend (adapters/llmtune.py) against the hosted stand-in on loopback.
 
-The adapter is driven directly with the session the daemon builds; the stand-in records what it
+The adapter is driven directly with the connection pool the daemon builds; the stand-in records what it
 received, so "the key is only in Authorization" is checked on the wire.
 """
 
@@ -10,7 +10,6 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 from llmtune_companion.adapters import (
@@ -22,8 +21,9 @@ from llmtune_companion.adapters import (
     LLMTuneBackend,
     UpstreamBroken,
 )
+from llmtune_companion.adapters.http1 import ConnectionPool
 from llmtune_companion.adapters.llmtune import agent_models_to_openai
-from llmtune_companion.app import make_session
+from llmtune_companion.app import make_pool
 from llmtune_companion.paths import Paths
 from llmtune_companion.settings import load_config
 
@@ -35,18 +35,18 @@ MakeBackend = Callable[..., LLMTuneBackend]
 
 
 @pytest.fixture
-async def session(home: Paths) -> AsyncIterator[aiohttp.ClientSession]:
-    session = make_session(load_config(home))
+async def pool(home: Paths) -> AsyncIterator[ConnectionPool]:
+    pool = make_pool(load_config(home))
     try:
-        yield session
+        yield pool
     finally:
-        await session.close()
+        await pool.aclose()
 
 
 @pytest.fixture
-def make_backend(session: aiohttp.ClientSession, standin: StandIn) -> MakeBackend:
+def make_backend(pool: ConnectionPool, standin: StandIn) -> MakeBackend:
     def make(url: str | None = None, **timeouts: float) -> LLMTuneBackend:
-        return LLMTuneBackend("llmtune", AdapterContext(session, **timeouts), url=url or standin.url)
+        return LLMTuneBackend("llmtune", AdapterContext(pool, **timeouts), url=url or standin.url)
 
     return make
 

@@ -7,7 +7,6 @@ replay server on loopback that sends bytes captured from llama exactly as given,
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -25,11 +24,12 @@ from llmtune_companion.adapters import (
     Endpoint,
     OpenAIBackend,
 )
-from llmtune_companion.app import make_session
+from llmtune_companion.adapters.http1 import ConnectionPool
+from llmtune_companion.app import make_pool
 from llmtune_companion.paths import Paths
 from llmtune_companion.settings import load_config
 
-from tests.conftest import WORKSPACE_KEY
+from tests.conftest import WORKSPACE_KEY, closed_port
 from tests.support.hosted_standin import HostedStandIn
 from tests.support.llama_server import LlamaServerProcess
 
@@ -39,12 +39,12 @@ MESSAGES = [{"role": "user", "content": "Say something, anything."}]
 
 
 @pytest.fixture
-async def session(home: Paths) -> AsyncIterator[aiohttp.ClientSession]:
-    session = make_session(load_config(home))  # the daemon's own session settings
+async def pool(home: Paths) -> AsyncIterator[ConnectionPool]:
+    pool = make_pool(load_config(home))  # the daemon's own pool settings
     try:
-        yield session
+        yield pool
     finally:
-        await session.close()
+        await pool.aclose()
 
 
 @pytest.fixture
@@ -54,8 +54,8 @@ async def raw_http() -> AsyncIterator[aiohttp.ClientSession]:
         yield client
 
 
-def backend(session: aiohttp.ClientSession, url: str, **options: Any) -> OpenAIBackend:
-    return OpenAIBackend("local", AdapterContext(session, read_timeout=5, first_byte_timeout=10), url=url, **options)
+def backend(pool: ConnectionPool, url: str, **options: Any) -> OpenAIBackend:
+    return OpenAIBackend("local", AdapterContext(pool, read_timeout=5, first_byte_timeout=10), url=url, **options)
 
 
 def request(endpoint: Endpoint, payload: dict[str, Any] | None = None, *, body: bytes | None = None,
@@ -72,17 +72,11 @@ async def collect(response: BackendResponse) -> list[bytes]:
         await response.aclose()
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # -- static lists ---------------------------------------------------------------------------------
 
 
-async def test_static_models_are_listed_without_the_network(session: aiohttp.ClientSession) -> None:
-    nowhere = backend(session, f"http://127.0.0.1:{closed_port()}/v1", models=("qwen2.5-coder:7b", "llama3"))
+async def test_static_models_are_listed_without_the_network(pool: ConnectionPool) -> None:
+    nowhere = backend(pool, f"http://127.0.0.1:{closed_port()}/v1", models=("qwen2.5-coder:7b", "llama3"))
     response = await nowhere.handle(request("models"))
     assert response.status == 200 and response.content_type == "application/json"
     listing = orjson.loads(b"".join(await collect(response)))
@@ -101,11 +95,11 @@ async def test_static_models_are_listed_without_the_network(session: aiohttp.Cli
 
 
 async def test_llama_model_list_bytes_are_relayed_exactly(
-    session: aiohttp.ClientSession, raw_http: aiohttp.ClientSession, llama_server: LlamaServerProcess
+    pool: ConnectionPool, raw_http: aiohttp.ClientSession, llama_server: LlamaServerProcess
 ) -> None:
     async with raw_http.get(llama_server.base_url + "/models") as direct:
         expected = await direct.read()
-    response = await backend(session, llama_server.base_url).handle(request("models"))
+    response = await backend(pool, llama_server.base_url).handle(request("models"))
     assert response.status == 200
     assert response.headers["Content-Length"] == str(len(expected))
     assert b"".join(await collect(response)) == expected
@@ -113,22 +107,22 @@ async def test_llama_model_list_bytes_are_relayed_exactly(
 
 
 async def test_llama_error_bytes_are_relayed_exactly(
-    session: aiohttp.ClientSession, raw_http: aiohttp.ClientSession, llama_server: LlamaServerProcess
+    pool: ConnectionPool, raw_http: aiohttp.ClientSession, llama_server: LlamaServerProcess
 ) -> None:
     bad = b'{"model": "tiny-llama", "messages": "not a list"}'
     headers = {"Content-Type": "application/json"}
     async with raw_http.post(llama_server.base_url + "/chat/completions", data=bad, headers=headers) as direct:
         expected_status, expected = direct.status, await direct.read()
     assert expected_status >= 400
-    response = await backend(session, llama_server.base_url).handle(request("chat", body=bad))
+    response = await backend(pool, llama_server.base_url).handle(request("chat", body=bad))
     assert response.status == expected_status
     assert b"".join(await collect(response)) == expected
 
 
 async def test_llama_chat_and_stream_through_the_adapter(
-    session: aiohttp.ClientSession, llama_server: LlamaServerProcess
+    pool: ConnectionPool, llama_server: LlamaServerProcess
 ) -> None:
-    local = backend(session, llama_server.base_url)
+    local = backend(pool, llama_server.base_url)
     payload = {"model": llama_server.alias, "messages": MESSAGES, "max_tokens": 8}
     response = await local.handle(request("chat", payload))
     assert response.status == 200 and response.content_type == "application/json"
@@ -183,13 +177,13 @@ async def replay_server(aiohttp_server: ServerFactory, body: bytes, content_type
 
 
 async def test_llama_stream_bytes_are_relayed_exactly_and_as_they_arrive(
-    session: aiohttp.ClientSession, raw_http: aiohttp.ClientSession, llama_server: LlamaServerProcess,
+    pool: ConnectionPool, raw_http: aiohttp.ClientSession, llama_server: LlamaServerProcess,
     aiohttp_server: ServerFactory,
 ) -> None:
     captured, content_type = await capture_llama_stream(raw_http, llama_server)
     assert captured.endswith(b"data: [DONE]\n\n")
     server = await replay_server(aiohttp_server, captured, content_type, gap=0.002)
-    response = await backend(session, str(server.make_url("/v1"))).handle(
+    response = await backend(pool, str(server.make_url("/v1"))).handle(
         request("chat", {"model": "tiny-llama", "messages": MESSAGES, "stream": True})
     )
     assert response.status == 200 and response.headers["Content-Type"] == content_type
@@ -203,7 +197,7 @@ async def test_llama_stream_bytes_are_relayed_exactly_and_as_they_arrive(
 
 
 async def test_compressible_answers_arrive_as_identity_bytes(
-    session: aiohttp.ClientSession, raw_http: aiohttp.ClientSession, llama_server: LlamaServerProcess,
+    pool: ConnectionPool, raw_http: aiohttp.ClientSession, llama_server: LlamaServerProcess,
     aiohttp_server: ServerFactory,
 ) -> None:
     # A hosted API behind a CDN gzips JSON when asked to. The relay passes bytes without re-encoding
@@ -211,7 +205,7 @@ async def test_compressible_answers_arrive_as_identity_bytes(
     async with raw_http.get(llama_server.base_url + "/models") as direct:
         expected = await direct.read()
     server = await replay_server(aiohttp_server, expected, "application/json", compress=True)
-    response = await backend(session, str(server.make_url("/v1"))).handle(request("chat", {"model": "x"}))
+    response = await backend(pool, str(server.make_url("/v1"))).handle(request("chat", {"model": "x"}))
     assert response.status == 200
     assert "Content-Encoding" not in response.headers
     assert b"".join(await collect(response)) == expected
@@ -229,11 +223,11 @@ async def keyed(aiohttp_server: ServerFactory) -> tuple[HostedStandIn, str]:
 
 
 async def test_the_backend_key_is_sent_and_the_workspace_key_never(
-    session: aiohttp.ClientSession, keyed: tuple[HostedStandIn, str]
+    pool: ConnectionPool, keyed: tuple[HostedStandIn, str]
 ) -> None:
     api, url = keyed
     payload = {"model": "meta-llama/Llama-3.3-70B-Instruct", "messages": MESSAGES}
-    response = await backend(session, url, api_key=BACKEND_KEY).handle(request("chat", payload))
+    response = await backend(pool, url, api_key=BACKEND_KEY).handle(request("chat", payload))
     assert response.status == 200
     await collect(response)
     (record,) = api.requests
@@ -242,14 +236,14 @@ async def test_the_backend_key_is_sent_and_the_workspace_key_never(
     leaked = WORKSPACE_KEY in repr(sorted(record.headers.items())) or WORKSPACE_KEY.encode() in record.body
     assert not leaked, "the workspace key reached a local backend"
 
-    response = await backend(session, url).handle(request("chat", payload))  # no key configured
+    response = await backend(pool, url).handle(request("chat", payload))  # no key configured
     assert response.status == 401
     await collect(response)
     assert "Authorization" not in api.requests[-1].headers
 
 
 async def test_embedding_bytes_are_relayed_exactly(
-    session: aiohttp.ClientSession, raw_http: aiohttp.ClientSession, keyed: tuple[HostedStandIn, str]
+    pool: ConnectionPool, raw_http: aiohttp.ClientSession, keyed: tuple[HostedStandIn, str]
 ) -> None:
     _, url = keyed
     body = b'{"model": "meta-llama/Llama-3.3-70B-Instruct", "input": ["alpha", "beta"], "dimensions": 8}'
@@ -257,16 +251,16 @@ async def test_embedding_bytes_are_relayed_exactly(
     async with raw_http.post(url + "/embeddings", data=body, headers=headers) as direct:
         assert direct.status == 200
         expected = await direct.read()
-    response = await backend(session, url, api_key=BACKEND_KEY).handle(request("embeddings", body=body))
+    response = await backend(pool, url, api_key=BACKEND_KEY).handle(request("embeddings", body=body))
     assert response.status == 200
     assert b"".join(await collect(response)) == expected
 
 
 async def test_completions_and_agent_chat_paths(
-    session: aiohttp.ClientSession, keyed: tuple[HostedStandIn, str]
+    pool: ConnectionPool, keyed: tuple[HostedStandIn, str]
 ) -> None:
     api, url = keyed
-    local = backend(session, url, api_key=BACKEND_KEY)
+    local = backend(pool, url, api_key=BACKEND_KEY)
     model = "meta-llama/Llama-3.3-70B-Instruct"
     cases: list[tuple[Endpoint, dict[str, Any]]] = [
         ("completions", {"model": model, "prompt": "hi"}),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,7 +20,7 @@ from llmtune_companion.adapters import BackendRequest
 from llmtune_companion.forwarding import retry_after_seconds, with_model
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.conftest import Daemon, StandIn, StartDaemon
+from tests.conftest import Daemon, StandIn, StartDaemon, closed_port
 
 HOSTED = "meta-llama/Llama-3.3-70B-Instruct"
 CHAT = "/v1/chat/completions"
@@ -39,11 +38,8 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 def closed_port_url() -> str:
-    """A loopback URL nobody listens on (bound, then closed)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    """A loopback URL nobody listens on."""
+    return f"http://127.0.0.1:{closed_port()}"
 
 
 async def chat(
