@@ -60,6 +60,12 @@ class BackendResponse(abc.ABC):
         """Release the connection (closing it if the body was not read to the end)."""
 
     @property
+    def at_end(self) -> bool:
+        """True once the chunk just yielded was the last one: the relay then sends it with the end of
+        the body in one write. False when a backend cannot tell (the end is then found one step later)."""
+        return False
+
+    @property
     def content_type(self) -> str:
         return self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
 

@@ -10,6 +10,8 @@ from .http1 import Connection
 # Upstream response headers worth passing to the client; hop-by-hop and length headers are ours.
 PASSED_RESPONSE_HEADERS = (
     "Content-Type",
+    # Asked for identity; an upstream that compresses anyway must still be decodable downstream.
+    "Content-Encoding",
     "Retry-After",
     "X-Request-Id",
     "OpenAI-Processing-Ms",
@@ -52,6 +54,10 @@ class HTTPResponse(BackendResponse):
                 raise conn.error
             else:
                 await conn.wait()
+
+    @property
+    def at_end(self) -> bool:
+        return self._conn.complete and not self._conn.buffered
 
     async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
         conn = self._conn

@@ -339,11 +339,13 @@ class ConnectionPool:
             raise error
 
     def release(self, conn: Connection) -> None:
-        """Back to the pool if the exchange ended cleanly, else closed."""
+        """Back to the pool if the exchange ended cleanly, else closed. Releasing twice is harmless."""
+        if not conn.active:
+            return
+        conn.active = False
         if not conn.reusable or self._closed:
             conn.close()
             return
-        conn.active = False
         conn.reused = True
         conn.idle_since = self.loop.time()
         self._idle.setdefault(conn.key, []).append(conn)
@@ -392,6 +394,10 @@ class ConnectionPool:
             self._waiters.append(waiter)
             try:
                 await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_waiter()  # woken, then cancelled: the turn passes to the next in line
+                raise
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)

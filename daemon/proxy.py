@@ -149,16 +149,23 @@ async def stream_response(
     out = web.StreamResponse(status=upstream.status, headers=headers)
     try:
         await out.prepare(request)
+        ended = False
         try:
             async for chunk in upstream.chunks():
-                await out.write(chunk)
+                if upstream.at_end:
+                    # The last piece and the end of the body in one write: one wake-up less for the client.
+                    await out.write_eof(chunk)
+                    ended = True
+                else:
+                    await out.write(chunk)
         except UpstreamBroken as exc:
             log.warning("stream from backend %r broke off: %s", forwarded.backend, exc)
             if not is_sse:
                 raise  # the connection is dropped: a truncated JSON body must not look complete
             await out.write(sse_error_event(f"{exc}; the answer is incomplete", "upstream_broken"))
             await out.write(b"data: [DONE]\n\n")
-        await out.write_eof()
+        if not ended:
+            await out.write_eof()
     finally:
         await upstream.aclose()
     return out

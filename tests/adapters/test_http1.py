@@ -361,6 +361,43 @@ async def test_a_cancelled_request_closes_its_connection(pool: ConnectionPool, r
     await asyncio.wait_for(hung_up.wait(), 2)  # nobody pays for an answer no one will read
 
 
+async def test_releasing_twice_pools_the_connection_once(pool: ConnectionPool, raw_server: ServerFactory) -> None:
+    async def slow(exchange: Exchange) -> None:
+        while await exchange.request() is not None:
+            await asyncio.sleep(0.05)
+            await exchange.send(ok(b"{}"))
+
+    server = await raw_server(slow)
+    conn = await pool.request("GET", server.url + "/", {}, None, **TIMEOUTS)
+    await read_all(conn)
+    pool.release(conn)
+    pool.release(conn)  # (a response closed twice)
+
+    async def one() -> bytes:
+        got = await pool.request("GET", server.url + "/", {}, None, **TIMEOUTS)
+        body = await read_all(got)
+        pool.release(got)
+        return body
+
+    # Were it listed twice, both requests would be written to the one connection.
+    assert await asyncio.gather(one(), one()) == [b"{}", b"{}"]
+    assert server.connections == 2
+
+
+async def test_a_waiter_cancelled_after_its_turn_passes_it_on(raw_server: ServerFactory) -> None:
+    server = await raw_server(keep_answering)
+    async with ConnectionPool(limit=1) as pool:
+        holder = await pool.request("GET", server.url + "/", {}, None, **TIMEOUTS)
+        first = asyncio.create_task(pool.request("GET", server.url + "/a", {}, None, **TIMEOUTS))
+        second = asyncio.create_task(pool.request("GET", server.url + "/b", {}, None, **TIMEOUTS))
+        await asyncio.sleep(0.05)  # both wait for the one connection
+        await read_all(holder)
+        pool.release(holder)  # wakes `first` ...
+        first.cancel()  # ... which leaves before it runs: `second` must get the connection
+        conn = await asyncio.wait_for(second, 2)
+        assert b"GET /b" in await read_all(conn)
+
+
 async def test_a_half_read_answer_is_not_pooled(pool: ConnectionPool, raw_server: ServerFactory) -> None:
     async def big(exchange: Exchange) -> None:
         while await exchange.request() is not None:

@@ -7,6 +7,7 @@ replay server on loopback that sends bytes captured from llama exactly as given,
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -150,7 +151,7 @@ async def capture_llama_stream(raw_http: aiohttp.ClientSession, llama: LlamaServ
 
 
 async def replay_server(aiohttp_server: ServerFactory, body: bytes, content_type: str, *, gap: float = 0.0,
-                        compress: bool = False) -> TestServer:
+                        compress: bool = False, force_gzip: bool = False) -> TestServer:
     """Serves `body` at every POST path, in irregular pieces (mid-line, mid-UTF-8), `gap` apart."""
     seen: list[dict[str, str]] = []
 
@@ -159,6 +160,8 @@ async def replay_server(aiohttp_server: ServerFactory, body: bytes, content_type
         response = web.StreamResponse(headers={"Content-Type": content_type})
         if compress:
             response.enable_compression()  # only when the request accepts it, like real servers
+        if force_gzip:
+            response.enable_compression(web.ContentCoding.gzip)  # whatever the request accepts
         await response.prepare(request)
         sizes = [1, 7, 3, 64, 5]
         position = index = 0
@@ -209,6 +212,16 @@ async def test_compressible_answers_arrive_as_identity_bytes(
     assert response.status == 200
     assert "Content-Encoding" not in response.headers
     assert b"".join(await collect(response)) == expected
+
+
+async def test_an_answer_gzipped_regardless_keeps_its_content_encoding(
+    pool: ConnectionPool, aiohttp_server: ServerFactory
+) -> None:
+    expected = b'{"object": "list", "data": []}' * 50
+    server = await replay_server(aiohttp_server, expected, "application/json", force_gzip=True)
+    response = await backend(pool, str(server.make_url("/v1"))).handle(request("chat", {"model": "x"}))
+    assert response.headers["Content-Encoding"] == "gzip"  # so the client downstream can decode it
+    assert gzip.decompress(b"".join(await collect(response))) == expected
 
 
 # -- an OpenAI-compatible server that checks keys (the stand-in's /v1) ----------------------------

@@ -123,6 +123,35 @@ MODELS_ALL = models_body(True)
 ANSWER_TOKENS = len(ANSWER.split())
 
 
+def _completion_parts() -> tuple[bytes, ...]:
+    """The non-streamed chat.completion (the stand-in's field order) cut around its varying fields."""
+    template = orjson.dumps(
+        {
+            "id": "chatcmpl-fast-@ID@",
+            "object": "chat.completion",
+            "created": "@CREATED@",
+            "model": "@MODEL@",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": ANSWER},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": "@PROMPT@", "completion_tokens": ANSWER_TOKENS, "total_tokens": "@TOTAL@"},
+        }
+    )
+    parts: list[bytes] = []
+    for marker in (b"@ID@", b'"@CREATED@"', b'"@MODEL@"', b'"@PROMPT@"', b'"@TOTAL@"'):
+        head, template = template.split(marker)
+        parts.append(head)
+    return (*parts, template)
+
+
+COMPLETION_PARTS = _completion_parts()
+
+
 class BadRequest(Exception):
     """A 4xx answer in the standard shape."""
 
@@ -172,13 +201,6 @@ def _gap_field(body: dict[str, Any]) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
         raise BadRequest(400, "'x_standin_gap_ms' must be a non-negative number", {"field": "x_standin_gap_ms"})
     return value / 1000.0
-
-
-def _prompt_tokens(messages: Any) -> int:
-    if not isinstance(messages, list):
-        return 1
-    texts = [m.get("content") for m in messages if isinstance(m, dict)]
-    return max(1, sum(len(t.split()) for t in texts if isinstance(t, str)))
 
 
 class Connection(asyncio.Protocol):
@@ -345,30 +367,24 @@ class Connection(asyncio.Protocol):
         stream = body.get("stream")
         if stream is not None and not isinstance(stream, bool):
             raise BadRequest(400, "'stream' must be a boolean", {"field": "stream"})
-        prompt_tokens = _prompt_tokens(body.get("messages"))
+        # A rough count (the stand-in counts words): accuracy is irrelevant here, speed is not.
+        prompt_tokens = max(1, len(request.body) // 32)
         if not stream:
-            completion = {
-                "id": self.server.next_id(),
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": ANSWER},
-                        "logprobs": None,
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": ANSWER_TOKENS,
-                    "total_tokens": prompt_tokens + ANSWER_TOKENS,
-                },
-            }
-            self.transport.write(
-                response(200, orjson.dumps(completion), close=request.close, keep_alive_header=request.http10)
+            # Splice the few varying fields into precomputed bytes: ~2x cheaper than building and dumping a dict.
+            completion = b"%s%06d%s%d%s%s%s%d%s%d%s" % (
+                COMPLETION_PARTS[0],
+                next(self.server.ids),
+                COMPLETION_PARTS[1],
+                int(time.time()),
+                COMPLETION_PARTS[2],
+                orjson.dumps(model),
+                COMPLETION_PARTS[3],
+                prompt_tokens,
+                COMPLETION_PARTS[4],
+                prompt_tokens + ANSWER_TOKENS,
+                COMPLETION_PARTS[5],
             )
+            self.transport.write(response(200, completion, close=request.close, keep_alive_header=request.http10))
             return
         chunks = _int_field(body, "x_standin_chunks", DEFAULT_CHUNKS)
         gap = _gap_field(body)
