@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 
-from .base import AdapterContext, BackendResponse, BackendUnavailable, UpstreamBroken
+from .base import AdapterContext, BackendResponse, BackendUnavailable
 from .http1 import Connection
 
 # Upstream response headers worth passing to the client; hop-by-hop and length headers are ours.
@@ -58,24 +58,6 @@ class HTTPResponse(BackendResponse):
     @property
     def at_end(self) -> bool:
         return self._conn.complete and not self._conn.buffered
-
-    async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
-        conn = self._conn
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            chunk = conn.take()
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    raise UpstreamBroken(f"response larger than {limit} bytes")
-                parts.append(chunk)
-            elif conn.complete:
-                return parts[0] if len(parts) == 1 else b"".join(parts)
-            elif conn.error is not None:
-                raise conn.error
-            else:
-                await conn.wait()
 
     async def aclose(self) -> None:
         # A fully read answer leaves its connection in the pool; a half-read one is closed.

@@ -404,6 +404,7 @@ class ConnectionPool:
 
     async def _connect(self, target: Target, connect_timeout: float) -> Connection:
         self._opening += 1
+        conn: Connection | None = None
         try:
             async with asyncio.timeout(connect_timeout):
                 _, conn = await self.loop.create_connection(
@@ -422,7 +423,8 @@ class ConnectionPool:
             raise BackendUnavailable(f"cannot be reached ({type(exc).__name__})") from None
         finally:
             self._opening -= 1
-            self._wake_waiter()
+            if conn is None:
+                self._wake_waiter()  # the slot this attempt held is free again
         self._open.add(conn)
         return conn
 

@@ -239,19 +239,23 @@ class Sandbox:
         if not self.contains(real) or not os.path.samestat(os.fstat(fd), os.stat(target.real, follow_symlinks=False)):
             raise _changed(target.requested)
 
-    def open_dir(self, target: ResolvedPath, *, create: bool = False) -> int:
-        """A directory fd for `target` (created with its parents when `create`)."""
-        if HAVE_DIR_FD:
-            return self._walk(target.parts, target.requested, create=create)
-        if create:
-            os.makedirs(target.real, exist_ok=True)
-        fd = os.open(target.real, os.O_RDONLY | O_BINARY)
+    def _open_verified(self, target: ResolvedPath, flags: int, mode: int = 0o666) -> int:
+        """Open `target.real` by path (no dir_fd support) and check it is still what was resolved."""
+        fd = os.open(target.real, flags, mode)
         try:
             self._verify(fd, target)
         except BaseException:
             os.close(fd)
             raise
         return fd
+
+    def open_dir(self, target: ResolvedPath, *, create: bool = False) -> int:
+        """A directory fd for `target` (created with its parents when `create`)."""
+        if HAVE_DIR_FD:
+            return self._walk(target.parts, target.requested, create=create)
+        if create:
+            os.makedirs(target.real, exist_ok=True)
+        return self._open_verified(target, os.O_RDONLY | O_BINARY)
 
     @contextlib.contextmanager
     def parent(self, target: ResolvedPath, *, create: bool = False) -> Iterator[int]:
@@ -270,13 +274,7 @@ class Sandbox:
         """Open the final component with O_NOFOLLOW from its parent's fd; `PathChangedError` on a link."""
         flags |= O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_BINARY
         if not HAVE_DIR_FD:
-            fd = os.open(target.real, flags & ~O_NOFOLLOW, mode)
-            try:
-                self._verify(fd, target)
-            except BaseException:
-                os.close(fd)
-                raise
-            return fd
+            return self._open_verified(target, flags & ~O_NOFOLLOW, mode)
         with self.parent(target) as dir_fd:
             try:
                 return os.open(target.name, flags, mode, dir_fd=dir_fd)

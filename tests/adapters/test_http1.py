@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 import trustme
 from llmtune_companion.adapters import BackendUnavailable, UpstreamBroken
+from llmtune_companion.adapters.http import HTTPResponse
 from llmtune_companion.adapters.http1 import HIGH_WATER, Connection, ConnectionPool
 
 from tests.conftest import closed_port
@@ -117,17 +118,7 @@ async def keep_answering(exchange: Exchange) -> None:
 
 
 async def read_all(conn: Connection) -> bytes:
-    parts = []
-    while True:
-        chunk = conn.take()
-        if chunk:
-            parts.append(chunk)
-        elif conn.complete:
-            return b"".join(parts)
-        elif conn.error is not None:
-            raise conn.error
-        else:
-            await conn.wait()
+    return await HTTPResponse(conn).read()
 
 
 async def test_one_connection_carries_every_request_in_turn(pool: ConnectionPool, raw_server: ServerFactory) -> None:
