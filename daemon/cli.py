@@ -374,6 +374,20 @@ def cmd_jobs(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
+def cmd_tray(args: argparse.Namespace, paths: Paths) -> int:
+    import logging
+
+    from .tray.app import run
+    from .tray.shell import TrayUnavailable
+
+    logging.basicConfig(level=os.environ.get("LLMTUNE_COMPANION_LOG_LEVEL", "WARNING"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run(paths)
+    except TrayUnavailable as exc:
+        raise CLIError(str(exc), 2) from None
+
+
 def _format_status(report: dict[str, Any]) -> str:
     lines = [f"daemon:    {'running at ' + report['url'] if report['running'] else 'not running'}",
              f"settings:  {report['settings_dir']}"]
@@ -477,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     job_add.add_argument("--workspace", default=DEFAULT_WORKSPACE, help="the workspace whose key can read it")
     job_add.add_argument("--json", action="store_true")
     jobs.set_defaults(func=cmd_jobs, action=None)
+
+    tray = commands.add_parser("tray", help="show the companion in the system tray (status, approvals, notifications)")
+    tray.set_defaults(func=cmd_tray)
     return parser
 
 

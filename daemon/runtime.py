@@ -30,6 +30,8 @@ from .tools.policy import Policy
 
 log = logging.getLogger(__name__)
 
+SETTINGS_RELOADED = "settings.reloaded"
+
 
 class UpstreamStatusError(Exception):
     def __init__(self, backend: str, status: int) -> None:
@@ -135,6 +137,7 @@ class Runtime:
         except ConfigError as exc:
             self.config_error = str(exc)
             log.error("config reload failed, keeping the last good settings: %s", exc)
+            self.approvals.publish({"type": SETTINGS_RELOADED, "valid": False, "error": self.config_error})
             return False
         self.built = self._build(config)
         self.model_cache.ttl = config.settings.cache.models_ttl
@@ -143,6 +146,8 @@ class Runtime:
         self.config_error = None
         self.reloads += 1
         log.info("settings reloaded (%d workspaces, backends: %s)", len(config.workspaces), ", ".join(self.backends))
+        # The tray and the dashboard re-read the status on this instead of polling it.
+        self.approvals.publish({"type": SETTINGS_RELOADED, "valid": True, "error": None})
         return True
 
     def authenticate(self, token: str) -> Workspace | None:
@@ -267,7 +272,8 @@ class Runtime:
             "config": {"file": str(self.paths.config_file), "valid": self.config_error is None,
                        "error": self.config_error, "reloads": self.reloads},
             "workspaces": [
-                {"name": ws.name, "has_key": ws.has_key, "key_source": ws.key_source}
+                {"name": ws.name, "has_key": ws.has_key, "key_source": ws.key_source,
+                 "tools": ws.settings.tools, "root": ws.settings.root}
                 for ws in config.workspaces.values()
             ],
             "backends": [backend.describe() for backend in self.backends.values()],

@@ -170,6 +170,23 @@ class JobsSettings(_Strict):
         return self
 
 
+class TraySettings(_Strict):
+    """`[tray]`: which desktop notifications the tray shows."""
+
+    # A tool call waiting for approval (tool, target, workspace).
+    notify_approvals: bool = True
+    # Fine-tune jobs: training completed or failed, model deployed.
+    notify_jobs: bool = True
+    # The hosted API falling back to another model, and coming back.
+    notify_hosted: bool = True
+    # The daemon stopping without being asked to.
+    notify_daemon: bool = True
+
+    def allows(self, kind: str) -> bool:
+        """Whether notifications of `kind` ("approvals", "jobs", "hosted", "daemon") are on."""
+        return bool(getattr(self, f"notify_{kind}", True))
+
+
 class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
@@ -181,6 +198,7 @@ class Settings(_Strict):
     tools: ToolsSettings = ToolsSettings()
     jobs: JobsSettings = JobsSettings()
     llm_api: LlmApiSettings = LlmApiSettings()
+    tray: TraySettings = TraySettings()
 
     @field_validator("backends", "workspaces")
     @classmethod

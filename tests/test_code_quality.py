@@ -28,7 +28,7 @@ def installed_layout(target: Path) -> Path:
 
 
 def test_ruff_is_clean() -> None:
-    result = subprocess.run([sys.executable, "-m", "ruff", "check", "daemon", "adapters", "tests", "setup.py"],
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "daemon", "adapters", "tray", "tests", "setup.py"],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 
