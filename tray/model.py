@@ -37,6 +37,7 @@ class Approval:
     workspace: str
     tool: str
     target: str  # the path or command, as the person recognises the call
+    created_at: float = 0.0
     expires_at: float = 0.0
 
     @property
@@ -54,7 +55,7 @@ class Approval:
                     target = value
         return cls(id=str(data.get("id", "")), workspace=str(data.get("workspace", "")),
                    tool=str(data.get("tool", "")), target=" ".join(target.split()),
-                   expires_at=float(data.get("expires_at") or 0.0))
+                   created_at=float(data.get("created_at") or 0.0), expires_at=float(data.get("expires_at") or 0.0))
 
 
 @dataclass(frozen=True, slots=True)
