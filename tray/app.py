@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from ..paths import Paths
+from ..config.paths import Paths
 from .shell import TrayApp, TrayUnavailable, load_pystray
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ..paths import Paths
+from ..config.paths import Paths
 
 CONTROL = "/companion/v1"
 # Longest wait for one control call (they answer at once; a slow one means a stuck daemon).

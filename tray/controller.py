@@ -20,9 +20,9 @@ from typing import Any
 import aiohttp
 import watchfiles
 
-from ..cli import daemon_url
-from ..paths import Paths
-from ..settings import ConfigError, TraySettings, load_config, read_settings
+from ..cli.client import daemon_url
+from ..config.paths import Paths
+from ..config.settings import ConfigError, TraySettings, load_config, read_settings
 from .client import ControlClient, ControlError, read_control_token
 from .desktop import Desktop
 from .features import cli_commands, detect

@@ -16,7 +16,7 @@ import webbrowser
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..paths import Paths
+from ..config.paths import Paths
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ def cli_commands() -> frozenset[str]:
     """The `llmtune-companion` subcommands this installation has."""
     import argparse
 
-    from ..cli import build_parser
+    from ..cli.main import build_parser
 
     parser = build_parser()
     for action in parser._actions:  # argparse keeps its subcommands on a private attribute

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from ..paths import Paths
+from ..config.paths import Paths
 from .controller import Controller
 from .desktop import Desktop
 from .icon import draw

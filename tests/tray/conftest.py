@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from llmtune_companion.paths import Paths, write_private
+from llmtune_companion.config.paths import Paths, write_private
 from llmtune_companion.tray.controller import Backoff, Controller
 from llmtune_companion.tray.desktop import CLIResult, Desktop
 from llmtune_companion.tray.model import Features, Notification, Snapshot
