@@ -142,7 +142,13 @@ class TrayApp:
     def __init__(self, paths: Paths, pystray: ModuleType) -> None:
         self.pystray = pystray
         backend = pystray.Icon.__module__
-        desktop = GtkDesktop() if backend.endswith(("_gtk", "_appindicator")) else Desktop()
+        desktop: Desktop = Desktop()
+        if backend.endswith(("_gtk", "_appindicator")):
+            desktop = GtkDesktop()
+            from gi.repository import GLib
+
+            GLib.set_prgname(NAME)  # names the menu windows (else "__main__.py")
+            GLib.set_application_name("LLMTune companion")
         self.icon = pystray.Icon(NAME, icon=draw(IconState.STOPPED), title="LLMTune companion")
         self.loop = asyncio.new_event_loop()
         self.controller = Controller(paths, desktop=desktop, on_snapshot=self.show, on_notify=Notifier(self.icon),
