@@ -237,6 +237,18 @@ def dunst_history(desktop: Desktop) -> list[str]:
 
 async def test_real_tray_docks_notifies_and_allows_from_its_menu(
         desktop: Desktop, served: Served, standin: StandIn, tmp_path: Path) -> None:
+    try:
+        await drive_the_tray(desktop, served, standin, tmp_path)
+    except BaseException:
+        # What the screen showed and what the tray said, for a failure in CI.
+        failure = SCREENSHOT_COPY.with_name("tray-failure.png")
+        with contextlib.suppress(Exception):
+            shutil.copyfile(tmp_path / "failure.png", failure) if desktop.screenshot(tmp_path / "failure.png") else None
+            print(f"\nscreen at the failure: {failure}\n{(desktop.logs / 'tray.log').read_text()[-3000:]}")
+        raise
+
+
+async def drive_the_tray(desktop: Desktop, served: Served, standin: StandIn, tmp_path: Path) -> None:
     tray = desktop.start("tray", sys.executable, "-m", "llmtune_companion", "tray")
     icon = await eventually(lambda: tray.poll() is None and docked_icon(desktop), "the icon to dock in trayer")
     image = desktop.screenshot(tmp_path / "docked.png")
@@ -264,15 +276,24 @@ async def test_real_tray_docks_notifies_and_allows_from_its_menu(
 
     # Right click: the menu opens. Keyboard into Approvals (1) > the entry, so the whole chain is on screen.
     before = {window.id for window in popups(desktop)}
+    icon = docked_icon(desktop) or icon  # GTK may have resized it since it docked
     desktop.run("xdotool", "mousemove", str(icon.centre[0]), str(icon.centre[1]), "click", "3")
-    await eventually(lambda: [w for w in popups(desktop) if w.id not in before], "the menu to open")
-    opened = [w.id for w in popups(desktop) if w.id not in before]
+    # Off the icon, so no tooltip window turns up among the menus.
+    desktop.run("xdotool", "mousemove", "1270", "710")
+
+    def cascaded_right_of(menu: Window | None) -> list[Window]:
+        """New windows right of `menu` (a submenu cascades there), or the tallest new one (the menu itself)."""
+        new = [w for w in popups(desktop) if w.id not in before]
+        if menu is None:
+            return sorted(new, key=lambda w: w.height)[-1:] if any(w.height > 200 for w in new) else []
+        return [w for w in new if w.x >= menu.x + menu.width - 8]
+
+    [menu] = await eventually(lambda: cascaded_right_of(None), "the menu to open")
     desktop.run("xdotool", "key", "Down")  # the first enabled item: Approvals (1)
     for what in ("Approvals (1)", "the approval's entry"):
         desktop.run("xdotool", "key", "Right")  # open it: its submenu appears with its first item selected
-        [innermost] = await eventually(lambda: [w for w in popups(desktop) if w.id not in before
-                                                and w.id not in opened], f"the submenu of {what} to open")
-        opened.append(innermost.id)
+        [menu] = await eventually(lambda menu=menu: cascaded_right_of(menu), f"the submenu of {what} to open")
+    innermost = menu
     screenshot = tmp_path / "tray-menu.png"
     desktop.screenshot(screenshot)
     SCREENSHOT_COPY.parent.mkdir(parents=True, exist_ok=True)
@@ -281,7 +302,15 @@ async def test_real_tray_docks_notifies_and_allows_from_its_menu(
     assert not (served.project / "tray.txt").exists()
 
     # Click Allow: the first item of the innermost submenu.
-    desktop.run("xdotool", "mousemove", str(innermost.x + 30), str(innermost.y + 16), "click", "1")
+    # GTK acts on a click once it has seen the pointer over the item, so move, let it settle, then click;
+    # a click it still dropped leaves the menu open and is given again.
+    desktop.run("xdotool", "mousemove", str(innermost.x + 30), str(innermost.y + 16))
+    for _ in range(3):
+        await asyncio.sleep(0.5)
+        desktop.run("xdotool", "click", "1")
+        with contextlib.suppress(AssertionError):
+            await eventually(lambda: innermost.id not in {w.id for w in popups(desktop)}, "the menu to close", 3)
+            break
     answer = await asyncio.wait_for(reply, TIMEOUT)
     assert answer["choices"][0]["finish_reason"] == "stop"
     assert (served.project / "tray.txt").read_text() == "from-the-tray\n"
