@@ -172,3 +172,28 @@ async def test_a_tray_started_before_the_daemon_finds_it(home: Any, start_daemon
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_fine_tune_job_events_become_notifications(start_daemon: StartDaemon, standin: StandIn) -> None:
+    from tests.daemon.upstream.test_jobs import create_job, jobs_config
+
+    daemon = await start_daemon(config=jobs_config(), env={"LLMTUNE_BASE_URL": standin.url})
+    announce(daemon)
+    tray, task = await start_tray(daemon.paths)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await tray.controller.wait_for(lambda state: state.running)
+        job_id = (await create_job(daemon))["id"]
+        standin.api.advance_job(job_id, "running")
+        standin.api.advance_job(job_id, "completed")
+        model = standin.api.deploy_job(job_id)
+        async with asyncio.timeout(TIMEOUT):
+            while len(tray.notifications) < 2:
+                await asyncio.sleep(0.05)
+        assert [(n.kind, n.title) for n in tray.notifications] == [("jobs", "Fine-tune completed"),
+                                                                    ("jobs", "Model deployed")]
+        assert tray.notifications[1].message == f"{model} is ready to use"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
