@@ -59,9 +59,10 @@ def create_app(paths: Paths, config: Config | None = None, *, watch: bool = True
         pool = make_pool(config)
         runtime = Runtime(paths, config, session, pool)
         app[RUNTIME] = runtime
+        runtime.detect_in_background()
         yield
         runtime.request_log.flush()
-        await runtime.model_cache.aclose()
+        await runtime.aclose()
         await pool.aclose()
         await session.close()
 

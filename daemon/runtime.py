@@ -25,6 +25,7 @@ from .tools.approvals import ApprovalBroker
 from .tools.audit import AuditLog
 from .tools.journal import Journal
 from .tools.policy import Policy
+from .upstream.autodetect import Autodetector, wanted
 from .upstream.model_cache import CachedList, ModelList, ModelListCache
 from .upstream.routing import Router
 
@@ -62,6 +63,8 @@ class Runtime:
         self.approvals = ApprovalBroker(timeout=config.settings.tools.approval_timeout)
         self.journal = Journal.for_paths(paths)
         self.audit = AuditLog.for_paths(paths)
+        # Local servers found on their well-known ports; what it finds outlives reloads.
+        self.autodetect = Autodetector(session, self._detected_changed)
         self.built = self._build(config)
         self._listing_memo: dict[str, tuple[tuple[Any, ...], bytes]] = {}
 
@@ -97,6 +100,8 @@ class Runtime:
             extra: dict[str, Any] = {"region": spec.region} if spec.type == "bedrock" else {}
             backends[name] = BACKEND_TYPES[spec.type](name, context, url=spec.url, api_key=key, models=spec.models,
                                                       **extra)
+        for name, url in self._detected(config).items():
+            backends[name] = BACKEND_TYPES["openai"](name, context, url=url, api_key=None, models=())
         tokens = tuple((ws.token.encode(), ws) for ws in config.workspaces.values())
         runners = {
             ws.name: self._tool_runner(ws)
@@ -104,6 +109,29 @@ class Runtime:
             if ws.settings.root is not None
         }
         return Built(config, backends, Router(config.settings, backends), tokens, runners)
+
+    def _detected(self, config: Config) -> dict[str, str]:
+        if not config.settings.autodetect.enabled:
+            return {}
+        return wanted(self.autodetect.found, config.backends)
+
+    def _detected_changed(self) -> None:
+        self.built = self._build(self.config)
+        self._listing_memo.clear()
+
+    def detect_in_background(self, *, older_than: float = 0.0) -> None:
+        """Probe for local servers without waiting (at start, and when model lists are refreshed)."""
+        settings = self.config.settings
+        self.autodetect.kick(settings.autodetect, older_than=older_than, skip_port=settings.server.port)
+
+    async def detect_local_servers(self) -> None:
+        """Probe for local servers and wait for the answer (for the command line, never for a request)."""
+        self.detect_in_background()
+        await self.autodetect.wait()
+
+    async def aclose(self) -> None:
+        await self.autodetect.aclose()
+        await self.model_cache.aclose()
 
     def _tool_runner(self, workspace: Workspace) -> ToolRunner:
         assert workspace.settings.root is not None
@@ -137,6 +165,7 @@ class Runtime:
             log.error("config reload failed, keeping the last good settings: %s", exc)
             return False
         self.built = self._build(config)
+        self.detect_in_background()  # the ports to probe may have changed
         self.model_cache.ttl = config.settings.cache.models_ttl
         self.approvals.timeout = config.settings.tools.approval_timeout
         self._listing_memo.clear()
@@ -200,6 +229,8 @@ class Runtime:
 
     async def list_models(self, workspace: Workspace, *, refresh: bool = False) -> ModelList:
         """Every model this workspace can use, under the ids clients send back."""
+        # A refresh of the lists is also when new local servers are looked for (never waited for here).
+        self.detect_in_background(older_than=0.0 if refresh else self.model_cache.ttl)
         merged: ModelList = []
         for backend, listed in await self._all_lists(workspace, refresh):
             if listed is None:
@@ -272,6 +303,7 @@ class Runtime:
             ],
             "backends": [backend.describe() for backend in self.backends.values()],
             "model_cache": self.model_cache.status(),
+            "autodetect": self.autodetect.status(config.settings.autodetect, self._detected(config)),
         }
 
 

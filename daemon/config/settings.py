@@ -170,6 +170,27 @@ class JobsSettings(_Strict):
         return self
 
 
+# Where local OpenAI-compatible servers listen by default; each found one becomes a backend of that name.
+DetectedServer = Literal["ollama", "lmstudio", "llamacpp", "vllm"]
+AUTODETECT_PORTS: dict[DetectedServer, int] = {"ollama": 11434, "lmstudio": 1234, "llamacpp": 8080, "vllm": 8000}
+
+
+class AutodetectSettings(_Strict):
+    enabled: bool = True
+    # Replaces the whole list: `ports = { llamacpp = 8081 }` probes only llama.cpp's server, on 8081.
+    ports: dict[DetectedServer, int] = Field(default_factory=lambda: dict(AUTODETECT_PORTS))
+    # Seconds one probe (`GET /v1/models` on 127.0.0.1) may take; requests never wait for it.
+    timeout: float = Field(0.5, gt=0, le=10)
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, port in value.items():
+            if not 1 <= port <= 65535:
+                raise ValueError(f"{name}: port {port} is not between 1 and 65535")
+        return value
+
+
 class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
@@ -181,6 +202,7 @@ class Settings(_Strict):
     tools: ToolsSettings = ToolsSettings()
     jobs: JobsSettings = JobsSettings()
     llm_api: LlmApiSettings = LlmApiSettings()
+    autodetect: AutodetectSettings = AutodetectSettings()
 
     @field_validator("backends", "workspaces")
     @classmethod

@@ -230,18 +230,18 @@ def _merge_entries(items: list[Any], wanted: list[dict[str, Any]], name_key: str
 
     owned = [i for i, item in enumerate(items)
              if isinstance(item, dict) and isinstance(item.get("apiBase"), str) and owns(item["apiBase"])]
-    by_key: dict[tuple[Any, ...], int | None] = {}
+    by_key: dict[tuple[Any, ...], int] = {}
     for index in owned:
         by_key.setdefault(key(items[index]), index)
     kept: set[int] = set()
     missing: list[dict[str, Any]] = []
     for entry in wanted:
-        index = by_key.pop(key(entry), None)
-        if index is None:
+        found = by_key.pop(key(entry), None)
+        if found is None:
             missing.append(entry)
             continue
-        kept.add(index)
-        current = items[index]
+        kept.add(found)
+        current = items[found]
         for field, value in entry.items():
             if field == name_key and field in current:
                 continue  # a name the user gave the entry stays

@@ -90,10 +90,11 @@ async def list_in_process(paths: Paths, config: Config, workspace: Workspace) ->
     async with make_session(config) as session, make_pool(config) as pool:
         runtime = Runtime(paths, config, session, pool)
         try:
+            await runtime.detect_local_servers()
             models = await runtime.list_models(workspace)
             return [m["id"] for m in models], [b.describe() for b in runtime.backends.values()]
         finally:
-            await runtime.model_cache.aclose()
+            await runtime.aclose()
 
 
 def list_running(paths: Paths, companion: Companion) -> tuple[list[str], list[dict[str, Any]]]:

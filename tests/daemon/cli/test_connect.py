@@ -373,3 +373,17 @@ async def test_env_formats(cli: CLI, tmp_path: Path) -> None:  # noqa: F811
     unknown = await cli.inproc("connect", "env", "--workspace", "nope")
     assert unknown.code == 1 and "no workspace named 'nope'" in unknown.err
     cli.printed.clear()  # `connect env` prints the token by design
+
+
+async def test_continue_finds_a_local_server_by_itself(
+    cli: CLI, user_home: Path, llama_server: LlamaServerProcess  # noqa: F811
+) -> None:
+    """No backend configured: the llama.cpp server on a port of `[autodetect] ports` is the autocomplete model."""
+    cli.paths.ensure()
+    cli.paths.config_file.write_text(f"[autodetect]\nports = {{ llamacpp = {llama_server.port} }}\n")
+    listed = await cli.inproc("models")
+    assert f"llamacpp/{llama_server.alias}" in listed.out.split()
+    result = await cli.inproc("connect", "continue")
+    assert result.code == 0, result.err
+    assert "chat, edit, apply: llamacpp/tiny-llama" in result.out  # no hosted list: the local model chats too
+    assert "autocomplete: llamacpp/tiny-llama" in result.out
