@@ -80,6 +80,66 @@ def cmd_env(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
+def cmd_cursor(args: argparse.Namespace, paths: Paths) -> int:
+    from ..connect import tunnel
+
+    if args.stop:
+        revoked = tunnel.revoke_token(paths)
+        closed = tunnel.stop_running(paths)
+        print("tunnel token revoked: requests with it are refused from now on" if revoked
+              else "no tunnel token to revoke")
+        if closed is not None:
+            print(f"closed the tunnel at {closed.public_url} (pid {closed.pid})")
+        return 0
+    config = load_settings(paths)
+    if args.workspace not in config.workspaces:
+        raise CLIError(f"no workspace named {args.workspace!r} (see `llmtune-companion workspace list`)")
+    running = tunnel.running_tunnel(paths)
+    if running is not None:
+        token = tunnel.issue_token(paths, args.workspace, rotate=args.rotate)
+        print(f"a tunnel is already open (pid {running.pid}); it uses this token from its next request")
+        _cursor_steps(running.public_url, token, config.settings.tunnel.requests_per_minute)
+        return 0
+    try:
+        forwarder = tunnel.ngrok_forwarder()
+    except tunnel.TunnelError as exc:
+        raise CLIError(str(exc)) from None
+    token = tunnel.issue_token(paths, args.workspace, rotate=args.rotate)
+    _serve_tunnel(paths, config, forwarder, token)
+    return 0
+
+
+def _serve_tunnel(paths: Paths, config: Any, forwarder: Any, token: str) -> None:
+    from .. import logs
+    from ..connect import tunnel
+
+    logs.configure(paths, "INFO")
+
+    def ready(opened: tunnel.Opened) -> None:
+        print(f"tunnel open: {opened.public_url} -> {opened.local_url} (the restricted listener, not the daemon)")
+        _cursor_steps(opened.public_url, token, config.settings.tunnel.requests_per_minute)
+        print("Stop with Ctrl+C (the token stays valid for next time).", flush=True)
+
+    try:
+        asyncio.run(tunnel.serve_tunnel(paths, config, forwarder, ready=ready))
+    except tunnel.TunnelError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _cursor_steps(public_url: str, token: str, per_minute: int) -> None:
+    print(f"""
+In Cursor: Settings > Models > API Keys:
+  1. OpenAI API Key: paste {token}
+  2. Override OpenAI Base URL: turn it on and paste {public_url}/v1
+  3. Add the models to use by their companion ids (`llmtune-companion models`), then Verify.
+
+This URL is public: anyone on the internet who has it can send requests to it. Only requests carrying
+the token above are answered, at most {per_minute} a minute, and only chat, completions and the model
+list (never the control API); no local tool runs through it, whatever the workspace's tool mode.
+Replace the token with `llmtune-companion connect cursor --rotate`; revoke it and close the tunnel
+with `llmtune-companion connect cursor --stop`.""", flush=True)
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     connect = commands.add_parser("connect", help="point Continue, your shell or Cursor at the companion")
     clients = connect.add_subparsers(dest="client", metavar="CLIENT", required=True)
@@ -105,3 +165,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     env.add_argument("--workspace", default=DEFAULT_WORKSPACE, help="whose local token to print")
     env.add_argument("--dotenv", action="store_true", help="print .env lines instead")
     env.set_defaults(func=cmd_env)
+
+    cursor = clients.add_parser(
+        "cursor", help="open a public tunnel Cursor can use (needs the [tunnel] extra and NGROK_AUTHTOKEN)",
+        description="Cursor calls its models from Cursor's servers, so it needs a public URL. This opens an "
+                    "ngrok tunnel to a restricted listener (chat, completions and the model list only, its own "
+                    "token, a request cap, no local tools) until you press Ctrl+C.")
+    cursor.add_argument("--workspace", default=DEFAULT_WORKSPACE, help="whose models and key Cursor uses")
+    actions = cursor.add_mutually_exclusive_group()
+    actions.add_argument("--rotate", action="store_true", help="replace the tunnel token (the old one stops working)")
+    actions.add_argument("--stop", action="store_true", help="revoke the tunnel token and close a running tunnel")
+    cursor.set_defaults(func=cmd_cursor)

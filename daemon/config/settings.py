@@ -191,6 +191,15 @@ class AutodetectSettings(_Strict):
         return value
 
 
+class TunnelSettings(_Strict):
+    """`connect cursor`: the restricted listener a public tunnel forwards to."""
+
+    # Its loopback port; 0 picks a free one each time.
+    port: int = Field(0, ge=0, le=65535)
+    # Requests per minute it answers (all callers together); the rest get 429 with Retry-After.
+    requests_per_minute: int = Field(60, ge=1, le=100_000)
+
+
 class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
@@ -203,6 +212,7 @@ class Settings(_Strict):
     jobs: JobsSettings = JobsSettings()
     llm_api: LlmApiSettings = LlmApiSettings()
     autodetect: AutodetectSettings = AutodetectSettings()
+    tunnel: TunnelSettings = TunnelSettings()
 
     @field_validator("backends", "workspaces")
     @classmethod

@@ -8,16 +8,20 @@ reaches the companion from the variables `connect env` prints.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import stat
 import sys
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 from llmtune_companion.config.paths import Paths
 from llmtune_companion.config.settings import load_config
+from llmtune_companion.connect import tunnel
+from llmtune_companion.connect.tunnel import Opened
 from ruamel.yaml import YAML
 
 from tests.conftest import WORKSPACE_KEY, StandIn
@@ -29,6 +33,7 @@ from tests.daemon.cli.test_main import (
 )
 from tests.support.continue_tools import run_cn, validate_json, validate_yaml
 from tests.support.llama_server import LlamaServerProcess
+from tests.support.loopback_forwarder import LoopbackForwarder
 from tests.support.system import require_executable
 
 HOSTED = "meta-llama/Llama-3.3-70B-Instruct"
@@ -387,3 +392,72 @@ async def test_continue_finds_a_local_server_by_itself(
     assert result.code == 0, result.err
     assert "chat, edit, apply: llamacpp/tiny-llama" in result.out  # no hosted list: the local model chats too
     assert "autocomplete: llamacpp/tiny-llama" in result.out
+
+
+# -- connect cursor ----------------------------------------------------------------------------------
+
+
+async def test_cursor_says_exactly_what_to_install_and_set(cli: CLI) -> None:  # noqa: F811
+    if importlib.util.find_spec("ngrok") is not None:
+        pytest.skip("ngrok is installed here: this checks the message without it")
+    cli.env.pop("NGROK_AUTHTOKEN", None)
+    neither = await cli.run("connect", "cursor")
+    assert neither.code == 1, neither.err
+    assert "python -m pip install 'llmtune-companion[tunnel]'" in neither.err
+    assert "NGROK_AUTHTOKEN" in neither.err and "https://dashboard.ngrok.com" in neither.err
+    with_token = await cli.inproc("connect", "cursor", NGROK_AUTHTOKEN="2abc_not_a_real_token")
+    assert with_token.code == 1 and "[tunnel]" in with_token.err and "export NGROK_AUTHTOKEN" not in with_token.err
+    assert tunnel.current_token(cli.paths) is None  # nothing issued when nothing can be opened
+    both = await cli.inproc("connect", "cursor", "--rotate", "--stop")
+    assert both.code == 2 and "not allowed with argument" in both.err
+    unknown = await cli.inproc("connect", "cursor", "--workspace", "nope")
+    assert unknown.code == 1 and "no workspace named 'nope'" in unknown.err
+    nothing = await cli.inproc("connect", "cursor", "--stop")
+    assert nothing.code == 0 and "no tunnel token to revoke" in nothing.out
+
+
+async def _open_tunnel(paths: Paths) -> tuple[Opened, asyncio.Task[None], asyncio.Event]:
+    """The tunnel served in this process, as `connect cursor` serves it (its public side on loopback)."""
+    tunnel.issue_token(paths, "default")
+    opened: asyncio.Future[Opened] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+    task = asyncio.create_task(tunnel.serve_tunnel(paths, load_config(paths), LoopbackForwarder(),
+                                                   ready=opened.set_result, stop=stop))
+    await asyncio.wait_for(asyncio.shield(opened), 30)
+    return opened.result(), task, stop
+
+
+async def test_cursor_rotate_and_stop_act_on_a_running_tunnel(cli: CLI) -> None:  # noqa: F811
+    cli.paths.ensure()
+    cli.paths.config_file.write_text("[autodetect]\nenabled = false\n")
+    load_config(cli.paths)
+    opened, task, stop = await _open_tunnel(cli.paths)
+    try:
+        first = tunnel.current_token(cli.paths)
+        assert first is not None
+        models = opened.public_url + "/v1/models"
+        async with aiohttp.ClientSession() as http:
+            rotated = await cli.run("connect", "cursor", "--rotate")
+            assert rotated.code == 0, rotated.err
+            new = tunnel.current_token(cli.paths)
+            assert new is not None and new[0] != first[0] and new[0] in rotated.out
+            assert f"Override OpenAI Base URL: turn it on and paste {opened.public_url}/v1" in rotated.out
+            assert "already open" in rotated.out
+            async with http.get(models, headers={"Authorization": f"Bearer {first[0]}"}) as r:
+                assert r.status == 401
+            async with http.get(models, headers={"Authorization": f"Bearer {new[0]}"}) as r:
+                assert r.status == 200
+            # --stop from another process: revokes the token and closes the tunnel (SIGTERM to its process,
+            # this one, whose handler ends serve_tunnel).
+            stopped = await cli.run("connect", "cursor", "--stop")
+            assert stopped.code == 0, stopped.err
+            assert "tunnel token revoked" in stopped.out and f"closed the tunnel at {opened.public_url}" in stopped.out
+            await asyncio.wait_for(task, 30)
+            assert tunnel.current_token(cli.paths) is None
+            with pytest.raises(aiohttp.ClientConnectionError):
+                async with http.get(models, headers={"Authorization": f"Bearer {new[0]}"}):
+                    pass
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    cli.printed.clear()  # `--rotate` prints the new tunnel token by design
