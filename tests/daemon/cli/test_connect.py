@@ -334,13 +334,15 @@ async def test_env_lets_the_openai_sdk_reach_the_companion(
     served = await cli.serve("--port", "0", log=tmp_path / "serve.log")
     servers.append(served)
     sh = require_executable("sh")
+    # The command exactly as docs/connect.md shows it, then a client that is given nothing at all.
     script = (
-        'eval "$("$PYTHON" -m llmtune_companion connect env)" && exec "$PYTHON" -c '
+        'eval "$(llmtune-companion connect env)" && exec "$PYTHON" -c '
         '"from openai import OpenAI; c = OpenAI(); '
         "print(c.chat.completions.create(model='echo', messages=[{'role': 'user', 'content': 'env-ok'}])"
         '.choices[0].message.content)"'
     )
     env = {k: v for k, v in cli.env.items() if not k.startswith("OPENAI_")}
+    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
     process = await asyncio.create_subprocess_exec(
         sh, "-c", script, env={**env, "PYTHON": sys.executable},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -373,6 +375,17 @@ async def test_env_formats(cli: CLI, tmp_path: Path) -> None:  # noqa: F811
         stdout=asyncio.subprocess.PIPE, env={"PATH": os.environ.get("PATH", "")})
     out, _ = await process.communicate()
     assert out.decode() == token
+    # fish itself, running the line docs/connect.md shows.
+    fish = require_executable("fish")
+    process = await asyncio.create_subprocess_exec(
+        fish, "--no-config", "-c",
+        "llmtune-companion connect env --shell fish | source; and printf %s $OPENAI_API_KEY $OPENAI_BASE_URL",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**cli.env, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"),
+             "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))})
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    assert out.decode() == token + base
     bad = await cli.inproc("connect", "env", "--shell", "tcsh")
     assert bad.code == 2 and "invalid choice" in bad.err
     unknown = await cli.inproc("connect", "env", "--workspace", "nope")
@@ -461,3 +474,15 @@ async def test_cursor_rotate_and_stop_act_on_a_running_tunnel(cli: CLI) -> None:
         stop.set()
         await asyncio.wait_for(task, 30)
     cli.printed.clear()  # `--rotate` prints the new tunnel token by design
+
+
+async def test_help(cli: CLI) -> None:  # noqa: F811
+    root = await cli.inproc("--help")
+    assert "connect" in root.out
+    for command, expected in ((("connect",), "continue"), (("connect", "continue"), "--dry-run"),
+                              (("connect", "env"), "--dotenv"), (("connect", "cursor"), "--rotate")):
+        result = await cli.inproc(*command, "--help")
+        assert result.code == 0 and result.out.startswith(f"usage: llmtune-companion {' '.join(command)}")
+        assert expected in result.out
+    bare = await cli.inproc("connect")
+    assert bare.code == 2 and "required: CLIENT" in bare.err
