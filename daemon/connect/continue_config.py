@@ -14,6 +14,7 @@ import difflib
 import io
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -78,7 +79,8 @@ class Plan:
         return self.old_text != self.new_text
 
     def diff(self, redact: Mapping[str, str] | None = None) -> str:
-        """A unified diff, with secrets (the local token) replaced by what they are."""
+        """A unified diff, with secrets replaced by what they are: `redact` maps a secret to its label, and
+        every other `apiKey` value (another provider's key, an old token) is hidden."""
         lines = difflib.unified_diff(
             self.old_text.splitlines(keepends=True), self.new_text.splitlines(keepends=True),
             fromfile=f"{self.target.path} (now)" if self.old_text else "/dev/null",
@@ -87,7 +89,18 @@ class Plan:
         text = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
         for secret, shown in (redact or {}).items():
             text = text.replace(secret, shown)
-        return text
+        return API_KEY_VALUE.sub(_hide_key, text)
+
+
+# An `apiKey` value in YAML (`apiKey: v`, quoted or not) or JSON (`"apiKey": "v"`).
+API_KEY_VALUE = re.compile(r"""(?P<key>["']?apiKey["']?\s*:\s*)(?P<value>"[^"]*"|'[^']*'|[^\s,}]+)""")
+
+
+def _hide_key(match: re.Match[str]) -> str:
+    value = match.group("value").strip("\"'")
+    if value.startswith("<") or value.startswith("${{"):  # a label we put there, or a reference to a secret
+        return match.group(0)
+    return match.group("key") + "<hidden>"
 
 
 def continue_dir(environ: Mapping[str, str] | None = None) -> Path:

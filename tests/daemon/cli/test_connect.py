@@ -150,6 +150,7 @@ async def test_continue_merges_into_a_yaml_config_keeping_everything_else(cli: C
     assert path.read_text(encoding="utf-8") == USER_YAML and backups(path) == []  # nothing written
     assert "-    apiBase: http://localhost:8742/v1/" in dry.out
     assert "+    apiKey: <local token of workspace 'default'>" in dry.out and token not in dry.out
+    assert "-    apiKey: <hidden>" in dry.out and "lct_an_old_token" not in dry.out  # no key shows in a diff
     assert "-  - name: stale companion entry" in dry.out
     assert "+  - name: echo (LLMTune companion, autocomplete)" in dry.out
 
