@@ -31,6 +31,7 @@ from tests.daemon.cli.test_main import (
     cli,  # noqa: F401 (fixture)
     servers,  # noqa: F401 (fixture)
 )
+from tests.daemon.test_logs import assert_same_secret
 from tests.support.continue_tools import run_cn, validate_json, validate_yaml
 from tests.support.llama_server import LlamaServerProcess
 from tests.support.loopback_forwarder import LoopbackForwarder
@@ -89,6 +90,12 @@ def token_of(paths: Paths, workspace: str = "default") -> str:
     return load_config(paths).workspaces[workspace].token
 
 
+def assert_not_shown(secret: str, text: str, what: str) -> None:
+    """Like `secret not in text`, without the secret in the failure message."""
+    if secret in text:
+        raise AssertionError(f"a key or token shows in {what}")
+
+
 def continue_file(home: Path, name: str = "config.yaml") -> Path:
     return home / ".continue" / name
 
@@ -125,10 +132,11 @@ async def test_continue_without_a_config_writes_one_continue_accepts(cli: CLI, u
     assert stat.S_IMODE(path.stat().st_mode) == 0o600  # it holds the local token
     config = load_yaml(path)
     assert (config["name"], config["version"], config["schema"]) == ("Local config", "1.0.0", "v1")
-    assert config["models"] == [{
-        "name": "echo (LLMTune companion)", "provider": "openai", "model": "echo", "apiBase": DEFAULT_BASE,
-        "apiKey": token_of(cli.paths), "roles": ["chat", "edit", "apply"],
-    }]
+    models = config["models"]
+    assert isinstance(models, list)
+    assert_same_secret(models[0].pop("apiKey"), token_of(cli.paths), "apiKey")
+    assert models == [{"name": "echo (LLMTune companion)", "provider": "openai", "model": "echo",
+                       "apiBase": DEFAULT_BASE, "roles": ["chat", "edit", "apply"]}]
     checked = validate_yaml(path)
     assert checked.ok, checked.output
 
@@ -149,7 +157,8 @@ async def test_continue_merges_into_a_yaml_config_keeping_everything_else(cli: C
     assert dry.code == 0, dry.err
     assert path.read_text(encoding="utf-8") == USER_YAML and backups(path) == []  # nothing written
     assert "-    apiBase: http://localhost:8742/v1/" in dry.out
-    assert "+    apiKey: <local token of workspace 'default'>" in dry.out and token not in dry.out
+    assert "+    apiKey: <local token of workspace 'default'>" in dry.out
+    assert_not_shown(token, dry.out, "the dry run's diff")
     assert "-    apiKey: <hidden>" in dry.out and "lct_an_old_token" not in dry.out  # no key shows in a diff
     assert "-  - name: stale companion entry" in dry.out
     assert "+  - name: echo (LLMTune companion, autocomplete)" in dry.out
@@ -171,8 +180,10 @@ async def test_continue_merges_into_a_yaml_config_keeping_everything_else(cli: C
     assert [m["name"] for m in models] == ["Claude", "My companion echo", "echo (LLMTune companion, autocomplete)",
                                            "Someone else's server"]
     ours = models[1]
-    assert ours["apiBase"] == DEFAULT_BASE and ours["apiKey"] == token and ours["roles"] == ["chat", "edit", "apply"]
-    assert models[2]["roles"] == ["autocomplete"] and models[2]["apiKey"] == token
+    assert ours["apiBase"] == DEFAULT_BASE and ours["roles"] == ["chat", "edit", "apply"]
+    assert models[2]["roles"] == ["autocomplete"]
+    assert_same_secret(ours["apiKey"], token, "chat entry's apiKey")
+    assert_same_secret(models[2]["apiKey"], token, "autocomplete entry's apiKey")
     assert "apiKey" not in models[3]  # not ours: untouched
     checked = validate_yaml(path)
     assert checked.ok, checked.output
@@ -199,10 +210,10 @@ async def test_continue_edits_a_legacy_json_config(cli: CLI, user_home: Path) ->
     [backup] = backups(path)
     assert backup.read_text(encoding="utf-8") == original
     config = json.loads(path.read_text(encoding="utf-8"))
+    assert_same_secret(config["models"][1].pop("apiKey"), token_of(cli.paths), "apiKey")
     assert config["models"] == [
         USER_JSON["models"][0],  # type: ignore[index]
-        {"title": "echo (LLMTune companion)", "provider": "openai", "model": "echo", "apiBase": DEFAULT_BASE,
-         "apiKey": token_of(cli.paths)},
+        {"title": "echo (LLMTune companion)", "provider": "openai", "model": "echo", "apiBase": DEFAULT_BASE},
     ]
     assert config["tabAutocompleteModel"] == USER_JSON["tabAutocompleteModel"]
     assert config["customCommands"] == USER_JSON["customCommands"]
@@ -233,7 +244,8 @@ async def test_continue_global_dir_and_workspace(cli: CLI, user_home: Path, tmp_
     models = load_yaml(elsewhere / "config.yaml")["models"]
     assert isinstance(models, list)
     assert [m["model"] for m in models] == ["echo", "llmtune/x"]
-    assert {m["apiKey"] for m in models} == {token_of(cli.paths, "team")}
+    for model in models:
+        assert_same_secret(model["apiKey"], token_of(cli.paths, "team"), "the team workspace's token")
     assert "'llmtune/x' is not in the companion's model list" in result.err
 
 
@@ -321,7 +333,9 @@ async def test_continue_cli_answers_with_a_hosted_model(
     assert code == 0, out + err
     assert "Echo: ping-through-hosted" in out  # the stand-in's answer, via the companion
     chats = [r for r in standin.api.requests if r.path == "/v1/chat/completions"]
-    assert chats and all(r.headers["Authorization"] == f"Bearer {WORKSPACE_KEY}" for r in chats)
+    assert chats
+    for request in chats:
+        assert_same_secret(request.headers["Authorization"], f"Bearer {WORKSPACE_KEY}", "key sent upstream")
     assert all(orjson.loads(r.body)["model"] == HOSTED for r in chats)
     cli.assert_no_secret_printed()
 
@@ -357,17 +371,19 @@ async def test_env_lets_the_openai_sdk_reach_the_companion(
 async def test_env_formats(cli: CLI, tmp_path: Path) -> None:  # noqa: F811
     token = token_of(cli.paths)
     base = DEFAULT_BASE
+    shown = "<TOKEN>"  # compared with the token in its place, so a failure never prints it
     expected = {
-        (): f"export OPENAI_BASE_URL='{base}'\nexport OPENAI_API_KEY='{token}'\nexport OPENAI_API_BASE='{base}'\n",
-        ("--shell", "fish"): f"set -gx OPENAI_BASE_URL '{base}'\nset -gx OPENAI_API_KEY '{token}'\n"
+        (): f"export OPENAI_BASE_URL='{base}'\nexport OPENAI_API_KEY='{shown}'\nexport OPENAI_API_BASE='{base}'\n",
+        ("--shell", "fish"): f"set -gx OPENAI_BASE_URL '{base}'\nset -gx OPENAI_API_KEY '{shown}'\n"
                              f"set -gx OPENAI_API_BASE '{base}'\n",
-        ("--shell", "powershell"): f"$env:OPENAI_BASE_URL = '{base}'\n$env:OPENAI_API_KEY = '{token}'\n"
+        ("--shell", "powershell"): f"$env:OPENAI_BASE_URL = '{base}'\n$env:OPENAI_API_KEY = '{shown}'\n"
                                    f"$env:OPENAI_API_BASE = '{base}'\n",
-        ("--dotenv",): f'OPENAI_BASE_URL="{base}"\nOPENAI_API_KEY="{token}"\nOPENAI_API_BASE="{base}"\n',
+        ("--dotenv",): f'OPENAI_BASE_URL="{base}"\nOPENAI_API_KEY="{shown}"\nOPENAI_API_BASE="{base}"\n',
     }
     for args, text in expected.items():
         result = await cli.inproc("connect", "env", *args)
-        assert result.code == 0 and result.out == text, args
+        assert result.code == 0 and result.out.count(token) == 1, args
+        assert result.out.replace(token, shown) == text, args
     # A .env file the python-dotenv convention reads back to the same values (sh parses the same quoting).
     dotenv = tmp_path / ".env"
     dotenv.write_text((await cli.inproc("connect", "env", "--dotenv")).out)
@@ -375,7 +391,7 @@ async def test_env_formats(cli: CLI, tmp_path: Path) -> None:  # noqa: F811
         require_executable("sh"), "-c", f'set -a; . "{dotenv}"; printf %s "$OPENAI_API_KEY"',
         stdout=asyncio.subprocess.PIPE, env={"PATH": os.environ.get("PATH", "")})
     out, _ = await process.communicate()
-    assert out.decode() == token
+    assert_same_secret(out.decode(), token, "OPENAI_API_KEY read back from .env")
     # fish itself, running the line docs/connect.md shows.
     fish = require_executable("fish")
     process = await asyncio.create_subprocess_exec(
@@ -386,7 +402,7 @@ async def test_env_formats(cli: CLI, tmp_path: Path) -> None:  # noqa: F811
              "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))})
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, err.decode()
-    assert out.decode() == token + base
+    assert_same_secret(out.decode(), token + base, "the variables fish set")
     bad = await cli.inproc("connect", "env", "--shell", "tcsh")
     assert bad.code == 2 and "invalid choice" in bad.err
     unknown = await cli.inproc("connect", "env", "--workspace", "nope")
@@ -454,7 +470,9 @@ async def test_cursor_rotate_and_stop_act_on_a_running_tunnel(cli: CLI) -> None:
             rotated = await cli.run("connect", "cursor", "--rotate")
             assert rotated.code == 0, rotated.err
             new = tunnel.current_token(cli.paths)
-            assert new is not None and new[0] != first[0] and new[0] in rotated.out
+            assert new is not None and new[0].startswith("lctt_")
+            if new[0] == first[0] or new[0] not in rotated.out:
+                raise AssertionError("--rotate did not issue and print a new token")
             assert f"Override OpenAI Base URL: turn it on and paste {opened.public_url}/v1" in rotated.out
             assert "already open" in rotated.out
             async with http.get(models, headers={"Authorization": f"Bearer {first[0]}"}) as r:
