@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -29,6 +29,7 @@ from .base import (
     Backend,
     BackendRequest,
     BackendResponse,
+    BackendSettings,
     BackendUnavailable,
     BytesResponse,
     UpstreamBroken,
@@ -402,8 +403,14 @@ class _EventPump:
             self._stream.close()
 
 
+class BedrockSettings(BackendSettings):
+    # AWS region; unset, the AWS chain decides (AWS_REGION, the profile).
+    region: str | None = None
+
+
 class BedrockBackend(Backend):
     kind = "bedrock"
+    settings_model: ClassVar[type[BackendSettings]] = BedrockSettings
 
     def __init__(
         self,
@@ -419,6 +426,11 @@ class BedrockBackend(Backend):
         self.region = region
         self._client: Any = None
         self._client_lock = asyncio.Lock()
+
+    @classmethod
+    def from_settings(cls, name: str, context: AdapterContext, settings: BackendSettings) -> Backend:
+        assert isinstance(settings, BedrockSettings)
+        return cls(name, context, url=settings.url, models=settings.models, region=settings.region)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "region": self.region}

@@ -12,7 +12,7 @@ import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -79,6 +79,7 @@ def _vector(text: str) -> list[float]:
 
 class EchoBackend(Backend):
     kind = "echo"
+    serves_any_model: ClassVar[bool] = True
 
     async def handle(self, request: BackendRequest) -> BackendResponse:
         payload = request.payload or {}

@@ -78,7 +78,7 @@ async def forward(
         failure: CompanionError | None = None
         if backend is None:
             failure = CompanionError(404, f"backend {route.backend!r} is not configured", "backend_not_found")
-        elif backend.kind == "llmtune" and not request.api_key:
+        elif backend.injects_workspace_key and not request.api_key:
             failure = CompanionError(
                 401,
                 f"workspace {workspace.name!r} has no LLMTune key: run `llmtune-companion workspace add "
