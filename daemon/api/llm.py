@@ -15,18 +15,17 @@ import orjson
 from aiohttp import web
 
 from ..adapters import BackendRequest, BackendResponse, UpstreamBroken
+from ..adapters.openai_stream import sse_data, sse_events
 from ..appkeys import RUNTIME, WORKSPACE
 from ..config.settings import Workspace
 from ..errors import CompanionError
 from ..runtime import Runtime
-from ..tools.agent_loop import sse_events
 from ..upstream.forwarding import Forwarded, forward
 from ..upstream.routing import Route
 from .llm_translate import (
-    StreamTranslator,
+    RoutingStreamTranslator,
     error_event,
     from_openai_response,
-    sse,
     to_openai_request,
     upstream_error_message,
 )
@@ -129,7 +128,7 @@ async def completions_stream(request: web.Request) -> web.StreamResponse:
             BACKEND_HEADER: forwarded.backend,
         })
         await out.prepare(request)
-        translator = StreamTranslator(prepared.model)
+        translator = RoutingStreamTranslator(prepared.model)
         try:
             if upstream.content_type == "application/json":  # a backend that answered whole
                 whole = orjson.loads(await upstream.read())
@@ -137,12 +136,12 @@ async def completions_stream(request: web.Request) -> web.StreamResponse:
                     raise UpstreamBroken("the model's answer is not a JSON object")
                 events = translator.feed_message(whole)
                 for event in events + translator.finish():
-                    await out.write(sse(event))
+                    await out.write(sse_data(event))
             else:
                 await relay_events(upstream, translator, out)
         except (UpstreamBroken, orjson.JSONDecodeError) as exc:
             log.warning("stream from backend %r broke off: %s", forwarded.backend, exc)
-            await out.write(sse(error_event(502, f"{exc}; the answer is incomplete", "upstream_broken")))
+            await out.write(sse_data(error_event(502, f"{exc}; the answer is incomplete", "upstream_broken")))
         await out.write_eof()
         return out
     finally:
@@ -150,18 +149,19 @@ async def completions_stream(request: web.Request) -> web.StreamResponse:
         log_request(request, prepared.model, forwarded, started)
 
 
-async def relay_events(upstream: BackendResponse, translator: StreamTranslator, out: web.StreamResponse) -> None:
+async def relay_events(upstream: BackendResponse, translator: RoutingStreamTranslator,
+                       out: web.StreamResponse) -> None:
     done = False
     async for chunk in sse_events(upstream.chunks()):
         if chunk is None:
             done = True
             break
         for event in translator.feed(chunk):
-            await out.write(sse(event))
+            await out.write(sse_data(event))
     if not (done or translator.stopped):
         raise UpstreamBroken("the upstream stream ended before the answer did")
     for event in translator.finish():
-        await out.write(sse(event))
+        await out.write(sse_data(event))
 
 
 async def models(request: web.Request) -> web.Response:
