@@ -103,17 +103,8 @@ class BedrockBackend(Backend):
     kind = "bedrock"
     settings_model: ClassVar[type[BackendSettings]] = BedrockSettings
 
-    def __init__(
-        self,
-        name: str,
-        context: AdapterContext,
-        *,
-        url: str | None = None,
-        api_key: str | None = None,
-        models: tuple[str, ...] = (),
-        region: str | None = None,
-    ) -> None:
-        super().__init__(name, context, url=url, api_key=api_key, models=models)
+    def __init__(self, name: str, context: AdapterContext, *, region: str | None = None, **options: Any) -> None:
+        super().__init__(name, context, **options)
         self.region = region
         self._client: Any = None
         self._client_lock = asyncio.Lock()

@@ -21,9 +21,9 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..adapters import BackendSettings, BackendTable, check_http_url
-from ..tools.executor import ToolLimits
 from ..tools.policy import ToolPolicySettings
 from .paths import Paths, write_private
+from .tool_limits import ToolLimits
 
 DEFAULT_PORT = 8742
 DEFAULT_HOSTED_URL = "https://api.llmtune.io"
