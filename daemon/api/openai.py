@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 
 from ..adapters import BackendRequest, Endpoint, UpstreamBroken
+from ..adapters.openai_stream import DONE
 from ..appkeys import RUNTIME, WORKSPACE
 from ..config.settings import Workspace
 from ..errors import CompanionError, sse_error_event
@@ -163,7 +164,7 @@ async def stream_response(
             if not is_sse:
                 raise  # the connection is dropped: a truncated JSON body must not look complete
             await out.write(sse_error_event(f"{exc}; the answer is incomplete", "upstream_broken"))
-            await out.write(b"data: [DONE]\n\n")
+            await out.write(DONE)
         if not ended:
             await out.write_eof()
     finally:
