@@ -20,7 +20,7 @@ from ..appkeys import RUNTIME, WORKSPACE
 from ..config.settings import Workspace
 from ..errors import CompanionError
 from ..runtime import Runtime
-from ..upstream.forwarding import Forwarded, forward
+from ..upstream.forwarding import Forwarded, forward, require_listed
 from ..upstream.routing import Route
 from .llm_translate import (
     RoutingStreamTranslator,
@@ -29,7 +29,7 @@ from .llm_translate import (
     to_openai_request,
     upstream_error_message,
 )
-from .openai import BACKEND_HEADER, ERROR_BODY_LIMIT, log_request, parse_object, read_body, scrub
+from .openai import BACKEND_HEADER, ERROR_BODY_LIMIT, log_request, parse_object, read_body, scrub, wants_refresh
 
 log = logging.getLogger("llmtune_companion.requests")
 
@@ -61,12 +61,7 @@ async def prepare(request: web.Request, *, stream: bool) -> Prepared:
                              "tool_mode_not_allowed")
     route = runtime.router.resolve(model)
     payload = to_openai_request(body, route.model, stream=stream)
-    backend = runtime.backends.get(route.backend)
-    if backend is not None and route.prefixed:
-        if await runtime.model_is_listed(backend, route.model, workspace) is False:
-            raise CompanionError(404, f"model {model!r} not found on backend {route.backend!r}; "
-                                      f"GET {PREFIX}/models lists what is served", "model_not_found",
-                                 {"model": model})
+    await require_listed(runtime, route, model, workspace, f"{PREFIX}/models")
     return Prepared(runtime, workspace, model, route, payload)
 
 
@@ -166,8 +161,7 @@ async def relay_events(upstream: BackendResponse, translator: RoutingStreamTrans
 
 async def models(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    refresh = "no-cache" in request.headers.get("Cache-Control", "") or request.query.get("refresh") in ("1", "true")
-    listed = await runtime.list_models(request[WORKSPACE], refresh=refresh)
+    listed = await runtime.list_models(request[WORKSPACE], refresh=wants_refresh(request))
     body = {"models": [model["id"] for model in listed],
             "default_model": runtime.config.settings.llm_api.default_model}
     return web.Response(body=orjson.dumps(body), content_type="application/json")

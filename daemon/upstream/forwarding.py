@@ -110,6 +110,17 @@ async def forward(
         request = with_model(request, route.model)
 
 
+async def require_listed(runtime: Runtime, route: Route, model: str, workspace: Workspace, listing: str) -> None:
+    """A `backend/model` id must be in that backend's list (when the list is known); `listing` is the
+    endpoint the 404 points the client to."""
+    backend = runtime.backends.get(route.backend)
+    if backend is None or not route.prefixed:
+        return
+    if await runtime.model_is_listed(backend, route.model, workspace) is False:
+        raise CompanionError(404, f"model {model!r} not found on backend {route.backend!r}; "
+                                  f"GET {listing} lists what is served", "model_not_found", {"model": model})
+
+
 def with_model(request: BackendRequest, model: str) -> BackendRequest:
     """The same request for another model id: the only rewrite the relay makes to a body."""
     if (request.payload or {}).get("model") == model:
