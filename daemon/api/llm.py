@@ -6,8 +6,10 @@ every backend, retry and fallback the OpenAI API has serves this API too. Auth i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,14 +87,27 @@ async def upstream_failure(response: BackendResponse, forwarded: Forwarded, work
     return CompanionError(response.status, message, "upstream_error", details, headers)
 
 
-async def completions(request: web.Request) -> web.Response:
+@contextlib.asynccontextmanager
+async def answer(request: web.Request, *, stream: bool) -> AsyncIterator[tuple[Prepared, Forwarded]]:
+    """The upstream's successful answer to a routing-API request, closed and logged when done.
+
+    An upstream error becomes our error response here: nothing was sent to the client yet.
+    """
     started = time.perf_counter()
-    prepared = await prepare(request, stream=False)
-    forwarded = await send(prepared, stream=False)
-    response = forwarded.response
+    prepared = await prepare(request, stream=stream)
+    forwarded = await send(prepared, stream=stream)
     try:
-        if response.status >= 400:
-            raise await upstream_failure(response, forwarded, prepared.workspace)
+        if forwarded.response.status >= 400:
+            raise await upstream_failure(forwarded.response, forwarded, prepared.workspace)
+        yield prepared, forwarded
+    finally:
+        await forwarded.response.aclose()
+        log_request(request, prepared.model, forwarded, started)
+
+
+async def completions(request: web.Request) -> web.Response:
+    async with answer(request, stream=False) as (prepared, forwarded):
+        response = forwarded.response
         try:
             parsed = orjson.loads(await response.read())
         except (orjson.JSONDecodeError, UpstreamBroken) as exc:
@@ -101,23 +116,14 @@ async def completions(request: web.Request) -> web.Response:
         if not isinstance(parsed, dict):
             raise CompanionError(502, "the model's answer is not a JSON object", "upstream_broken",
                                  {"backend": forwarded.backend})
-        answer = from_openai_response(parsed, prepared.model)
-    finally:
-        await response.aclose()
-        log_request(request, prepared.model, forwarded, started)
-    return web.Response(body=orjson.dumps(answer), content_type="application/json",
+        translated = from_openai_response(parsed, prepared.model)
+    return web.Response(body=orjson.dumps(translated), content_type="application/json",
                         headers={BACKEND_HEADER: forwarded.backend})
 
 
 async def completions_stream(request: web.Request) -> web.StreamResponse:
-    started = time.perf_counter()
-    prepared = await prepare(request, stream=True)
-    forwarded = await send(prepared, stream=True)
-    upstream = forwarded.response
-    try:
-        if upstream.status >= 400:
-            # Nothing was sent yet: the client gets a plain error response with the upstream's status.
-            raise await upstream_failure(upstream, forwarded, prepared.workspace)
+    async with answer(request, stream=True) as (prepared, forwarded):
+        upstream = forwarded.response
         out = web.StreamResponse(status=200, headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
             BACKEND_HEADER: forwarded.backend,
@@ -139,9 +145,6 @@ async def completions_stream(request: web.Request) -> web.StreamResponse:
             await out.write(sse_data(error_event(502, f"{exc}; the answer is incomplete", "upstream_broken")))
         await out.write_eof()
         return out
-    finally:
-        await upstream.aclose()
-        log_request(request, prepared.model, forwarded, started)
 
 
 async def relay_events(upstream: BackendResponse, translator: RoutingStreamTranslator,
