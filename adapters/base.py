@@ -17,6 +17,7 @@ import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
+    SerializeAsAny,
     ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
@@ -220,8 +221,8 @@ def _validate_table(value: Any, handler: ValidatorFunctionWrapHandler, info: Val
     return model.model_validate(value)
 
 
-# A `[backends.NAME]` table as Settings declares it: validated by the settings model of its type.
-BackendTable = Annotated[BackendSettings, WrapValidator(_validate_table)]
+# A `[backends.NAME]` table as Settings declares it: validated (and dumped) as the settings model of its type.
+BackendTable = Annotated[BackendSettings, WrapValidator(_validate_table), SerializeAsAny()]
 
 
 class Backend(abc.ABC):

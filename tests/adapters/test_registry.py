@@ -147,5 +147,8 @@ def test_settings_of_a_type_are_built_by_its_model(home: Paths) -> None:
     assert isinstance(built, ShoutSettings) and built.suffix == "!" and built.models == ("a",)
     home.ensure()
     home.config_file.write_text(CONFIG, encoding="utf-8")
-    loaded = load_config(home, {}).backends["loud"]
+    config = load_config(home, {})
+    loaded = config.backends["loud"]
     assert isinstance(loaded, ShoutSettings) and (loaded.greeting, loaded.models) == ("HELLO", ("loud-1",))
+    # Dumped as its own model too: the keys only this type reads are not lost.
+    assert config.settings.model_dump()["backends"]["loud"]["greeting"] == "HELLO"
