@@ -11,6 +11,7 @@ from aiohttp import web
 
 from . import control, llm_api, platform, proxy
 from .adapters.http1 import ConnectionPool
+from .dashboard import routes as dashboard
 from .keys import CONTROL_TOKEN, RUNTIME
 from .paths import Paths
 from .reload import watch_settings
@@ -59,8 +60,10 @@ def create_app(paths: Paths, config: Config | None = None, *, watch: bool = True
         pool = make_pool(config)
         runtime = Runtime(paths, config, session, pool)
         app[RUNTIME] = runtime
+        await runtime.history.open()
         yield
         runtime.request_log.flush()
+        await runtime.history.aclose()
         await runtime.model_cache.aclose()
         await pool.aclose()
         await session.close()
@@ -73,6 +76,7 @@ def create_app(paths: Paths, config: Config | None = None, *, watch: bool = True
     platform.add_routes(app)
     control.add_routes(app)
     llm_api.add_routes(app)
+    dashboard.add_routes(app)
     return app
 
 

@@ -237,6 +237,20 @@ def _control(paths: Paths) -> tuple[str, str]:
     return url, load_control_token(paths)
 
 
+def cmd_dashboard(args: argparse.Namespace, paths: Paths) -> int:
+    url, token = _control(paths)
+    link = call_daemon(url, "/companion/v1/dashboard/link", token, method="POST")["url"]
+    if args.print_url:
+        print(link)
+        return 0
+    import webbrowser
+
+    if not webbrowser.open(link):
+        # No browser to open (a server, a bare session): the link still works from another one.
+        print(f"no browser could be opened; open this link within a minute (it works once):\n{link}")
+    return 0
+
+
 def _format_approval(item: dict[str, Any]) -> str:
     arguments = item.get("arguments") or {}
     detail = arguments.get("command") or arguments.get("path") or ""
@@ -468,6 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
     undo.add_argument("--force", action="store_true", help="undo even if the file changed since the tool wrote it")
     undo.add_argument("--json", action="store_true")
     undo.set_defaults(func=cmd_undo)
+
+    dashboard = commands.add_parser("dashboard", help="open the dashboard in the browser (a one-time login link)")
+    dashboard.add_argument("--print-url", action="store_true",
+                           help="print the login link instead of opening a browser (it works once, for a minute)")
+    dashboard.set_defaults(func=cmd_dashboard)
 
     jobs = commands.add_parser("jobs", help="list the fine-tune jobs the companion watches, or add one by id")
     jobs.add_argument("--json", action="store_true")

@@ -17,6 +17,7 @@ import orjson
 
 from .adapters import BACKEND_TYPES, AdapterContext, Backend, BackendRequest
 from .adapters.http1 import ConnectionPool
+from .history import HISTORY_FILE, History
 from .logs import RequestLog
 from .model_cache import CachedList, ModelList, ModelListCache
 from .paths import Paths
@@ -57,7 +58,10 @@ class Runtime:
         self.config_error: str | None = None
         self.reloads = 0
         self.model_cache = ModelListCache(paths.cache_dir, config.settings.cache.models_ttl)
-        self.request_log = RequestLog(logging.getLogger("llmtune_companion.requests"))
+        history = config.settings.history
+        self.history = History(paths.root / HISTORY_FILE if history.persist else None, ring_size=history.ring_size,
+                               store_content=history.store_content, retention_days=history.retention_days)
+        self.request_log = RequestLog(logging.getLogger("llmtune_companion.requests"), history=self.history)
         # Pending approvals outlive reloads: the broker belongs to the daemon, not to a config.
         self.approvals = ApprovalBroker(timeout=config.settings.tools.approval_timeout)
         self.journal = Journal.for_paths(paths)
@@ -139,6 +143,7 @@ class Runtime:
         self.built = self._build(config)
         self.model_cache.ttl = config.settings.cache.models_ttl
         self.approvals.timeout = config.settings.tools.approval_timeout
+        self.history.store_content = config.settings.history.store_content
         self._listing_memo.clear()
         self.config_error = None
         self.reloads += 1
