@@ -154,7 +154,9 @@
 
   function renderDiff(text) {
     const box = el("div", { class: "diff" });
-    for (const line of text.split("\n")) {
+    const lines = text.split("\n");
+    if (lines.length > 1 && lines[lines.length - 1] === "") lines.pop();
+    for (const line of lines) {
       let kind = "";
       if (line.startsWith("+++") || line.startsWith("---")) kind = "meta";
       else if (line.startsWith("@@")) kind = "hunk";
@@ -281,7 +283,7 @@
       });
       const color = COLORS[k % COLORS.length];
       if (path) root.append(svg("path", { d: path, fill: "none", stroke: color, "stroke-width": 1.8, "stroke-linejoin": "round" }));
-      series[name].forEach((v, i) => { if (v !== null) root.append(svg("circle", { cx: x(i), cy: y(v), r: 2, fill: color })); });
+      series[name].forEach((v, i) => { if (v) root.append(svg("circle", { cx: x(i), cy: y(v), r: 2, fill: color })); });
     });
     const box = legend(names.length ? names : ["no requests in the last hour"]);
     target.replaceChildren(root, box);
@@ -372,7 +374,7 @@
     }), 6, "no changes recorded");
     fill("ch-audit", audit.entries.map((a) => {
       const args = a.arguments || {};
-      return el("tr", {}, el("td", {}, (a.time || "").replace("T", " ").slice(0, 19)), el("td", {}, a.workspace), el("td", {}, a.tool),
+      return el("tr", {}, el("td", {}, a.time ? dateTime(Date.parse(a.time) / 1000) : ""), el("td", {}, a.workspace), el("td", {}, a.tool),
         el("td", { class: "mono small" }, args.path || args.command || ""),
         el("td", {}, el("span", { class: "pill " + (a.decision === "allow" ? "ok" : "bad") }, a.decision)),
         el("td", {}, a.decided_by || ""), el("td", {}, a.ok ? "ok" : "failed"));
