@@ -11,7 +11,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from .paths import Paths
+from .config.paths import Paths
 
 if TYPE_CHECKING:
     from .history import History, RequestRecord

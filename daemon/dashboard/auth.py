@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from ..appkeys import DASHBOARD_AUTH, VIA_SESSION
 from ..errors import CompanionError
-from ..keys import DASHBOARD_AUTH, VIA_SESSION
 
 COOKIE_NAME = "companion_dashboard"
 CSRF_HEADER = "X-Companion-CSRF"

@@ -16,12 +16,12 @@ from typing import Any
 from aiohttp import web
 
 from ..adapters import BackendRequest
-from ..control import _json, _json_body, _optional_str
+from ..api.control import _json, _json_body, _optional_str
+from ..appkeys import DASHBOARD_AUTH, RUNTIME
+from ..config.settings import ConfigError, Workspace
 from ..errors import CompanionError
 from ..history import HistoryFilter
-from ..keys import DASHBOARD_AUTH, RUNTIME
 from ..runtime import Runtime
-from ..settings import ConfigError, Workspace
 from .auth import (
     COOKIE_NAME,
     DashboardAuth,
@@ -270,7 +270,7 @@ async def copy_token(request: web.Request) -> web.Response:
 
 async def set_key(request: web.Request) -> web.Response:
     """Write-only: store a workspace's LLMTune key; the answer says only that it is set."""
-    from ..workspaces import add_workspace
+    from ..config.workspaces import add_workspace
 
     runtime = request.app[RUNTIME]
     name = request.match_info["name"]

@@ -9,9 +9,9 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from llmtune_companion.appkeys import DASHBOARD_AUTH
 from llmtune_companion.dashboard.auth import COOKIE_NAME, CSRF_HEADER
 from llmtune_companion.dashboard.routes import CSP, STATIC
-from llmtune_companion.keys import DASHBOARD_AUTH
 
 from tests.conftest import WORKSPACE_KEY, Daemon, StandIn, StartDaemon
 
@@ -292,7 +292,7 @@ async def test_store_content_keeps_the_prompt(start_daemon: StartDaemon) -> None
 
 
 async def test_history_settings_are_validated(start_daemon: StartDaemon) -> None:
-    from llmtune_companion.settings import ConfigError
+    from llmtune_companion.config.settings import ConfigError
 
     with pytest.raises(ConfigError, match=r"history\.store_content"):
         await start_daemon(config='[history]\nstore_content = "yes"\n')
@@ -304,12 +304,12 @@ async def test_the_cli_prints_a_working_link(daemon: Daemon, monkeypatch: pytest
                                              capsys: pytest.CaptureFixture[str]) -> None:
     import os
 
-    from llmtune_companion import cli
-    from llmtune_companion.paths import write_private
+    from llmtune_companion.cli import main
+    from llmtune_companion.config.paths import write_private
 
     # What `serve` writes: where the daemon of this settings directory listens (here, this process).
     write_private(daemon.paths.daemon_file, orjson.dumps({"pid": os.getpid(), "url": daemon.url}))
-    code = await asyncio.to_thread(cli.main, ["dashboard", "--print-url"])
+    code = await asyncio.to_thread(main, ["dashboard", "--print-url"])
     assert code == 0
     url = capsys.readouterr().out.strip()
     assert url.startswith(daemon.url + "/dashboard/login?code=")
@@ -317,5 +317,5 @@ async def test_the_cli_prints_a_working_link(daemon: Daemon, monkeypatch: pytest
     assert status == 303 and COOKIE_NAME in response.headers["Set-Cookie"]
     opened: list[str] = []
     monkeypatch.setattr("webbrowser.open", lambda url: opened.append(url) or True)
-    assert await asyncio.to_thread(cli.main, ["dashboard"]) == 0
+    assert await asyncio.to_thread(main, ["dashboard"]) == 0
     assert opened and opened[0].startswith(daemon.url + "/dashboard/login?code=")
