@@ -75,6 +75,7 @@ class Seen:
     def assert_no_secret(self, daemon: Daemon) -> None:
         for url, body in self.bodies:
             assert WORKSPACE_KEY.encode() not in body, url
+            assert b"sk_test_from_the_settings_page" not in body, url
             assert daemon.control_token.encode() not in body, url
             assert b"sk_" not in body or url.endswith("app.js"), url  # app.js only names the prefix
 
@@ -157,6 +158,17 @@ async def test_login_once_and_every_page_shows_live_data(
     await page.wait_for_selector("#cn-copied:has-text('Copied')")
     assert await page.evaluate("navigator.clipboard.readText()") == daemon.token
     assert daemon.token not in await page.content()
+
+    # Settings: the key field is write-only; the page shows only that a key is set, and where.
+    await page.click("#nav a[data-page='settings']")
+    replacement = "sk_test_from_the_settings_page_0123456789"
+    await page.get_by_label("LLMTune key of default").fill(replacement)
+    await page.get_by_role("button", name="Save key").click()
+    await page.wait_for_selector("#notice:has-text('key of default is saved')")
+    assert daemon.runtime.config.workspaces["default"].api_key == replacement
+    assert await page.get_by_label("LLMTune key of default").input_value() == ""
+    assert replacement not in await page.content()
+    assert "in secrets.json" in await page.inner_text("#st-workspaces")
 
     # The link was spent: a second browser gets the refusal page, and no session.
     second = await browser.new_context()
