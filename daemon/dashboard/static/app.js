@@ -258,7 +258,7 @@
   }
 
   function lineChart(target, series, labels, unit) {
-    const W = 520, H = 170, L = 40, R = 8, T = 8, B = 22;
+    const W = 380, H = 150, L = 34, R = 8, T = 8, B = 20;
     const names = Object.keys(series);
     const values = names.flatMap((n) => series[n].filter((v) => v !== null));
     const max = niceMax(Math.max(0, ...values));
@@ -291,7 +291,7 @@
   }
 
   function barChart(target, days) {
-    const W = 520, H = 170, L = 44, R = 8, T = 8, B = 22;
+    const W = 380, H = 150, L = 36, R = 8, T = 8, B = 20;
     const totals = days.map((d) => d.prompt + d.completion);
     const max = niceMax(Math.max(0, ...totals));
     const slot = (W - L - R) / Math.max(1, days.length);

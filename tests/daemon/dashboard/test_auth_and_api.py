@@ -319,3 +319,16 @@ async def test_the_cli_prints_a_working_link(daemon: Daemon, monkeypatch: pytest
     monkeypatch.setattr("webbrowser.open", lambda url: opened.append(url) or True)
     assert await asyncio.to_thread(main, ["dashboard"]) == 0
     assert opened and opened[0].startswith(daemon.url + "/dashboard/login?code=")
+
+
+async def test_history_in_memory_only_and_retention(start_daemon: StartDaemon) -> None:
+    from llmtune_companion.config.settings import ConfigError
+
+    daemon = await start_daemon(config="[history]\npersist = false\nring_size = 10\nretention_days = 30\n")
+    for _ in range(12):
+        await daemon.openai().chat.completions.create(model="echo", messages=[{"role": "user", "content": "x"}])
+    assert len(daemon.runtime.history.recent()) == 10  # the ring is bounded
+    await daemon.server.close()
+    assert not (daemon.paths.root / "history.sqlite3").exists()
+    with pytest.raises(ConfigError, match=r"history\.retention_days"):
+        await start_daemon(config="[history]\nretention_days = 0\n")

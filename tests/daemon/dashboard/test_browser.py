@@ -131,7 +131,9 @@ async def test_login_once_and_every_page_shows_live_data(
     await shoot(page, tmp_path, "overview")
 
     # Some activity, so the Activity page has rows and charts, and a fine-tune job for the Jobs page.
-    await daemon.openai().chat.completions.create(model="echo", messages=[{"role": "user", "content": "hello"}])
+    client = daemon.openai()
+    for model in ("echo", MODEL, "echo", MODEL, MODEL):
+        await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hello there"}])
     async with aiohttp.ClientSession() as http, http.post(
         daemon.url + "/v1/fine-tune", headers=daemon.auth(), json={"base_model": MODEL, "dataset": "s3://b/t.jsonl"}
     ) as response:
