@@ -146,6 +146,8 @@ class History:
         self._flushing: asyncio.Future[None] | None = None
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()  # one connection, used from worker threads one at a time
+        self._rows = 0  # rows in the store, counted once at open and then kept up to date
+        self._pruned_at = 0.0
         self.error: str | None = None
 
     # -- the relay's side ---------------------------------------------------------------------
@@ -188,9 +190,8 @@ class History:
         with self._lock:
             db = sqlite3.connect(self.path, check_same_thread=False, timeout=5.0)
             db.executescript(SCHEMA)
-            db.execute("DELETE FROM requests WHERE time < ?", (time.time() - self.retention_days * 86400,))
-            db.commit()
             self._db = db
+            self._prune(db)
             limit = self.ring.maxlen or 0
             cursor = db.execute(f"SELECT {', '.join(COLUMNS)} FROM requests ORDER BY time DESC LIMIT ?",  # noqa: S608
                                 (limit,))
@@ -212,13 +213,24 @@ class History:
             if db is None:
                 return
             marks = ", ".join("?" for _ in COLUMNS)
-            db.executemany(f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({marks})",  # noqa: S608
-                           [tuple(getattr(r, name) for name in COLUMNS) for r in batch])
-            count = db.execute("SELECT count(*) FROM requests").fetchone()[0]
-            if count > self.max_rows:
-                db.execute("DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests ORDER BY time LIMIT ?)",
-                           (count - self.max_rows,))
+            rows = [tuple(getattr(r, name) for name in COLUMNS) for r in batch]
+            db.executemany(f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({marks})", rows)  # noqa: S608
             db.commit()
+            self._rows += len(rows)
+            if self._rows > self.max_rows or time.time() - self._pruned_at > 3600:
+                self._prune(db)
+
+    def _prune(self, db: sqlite3.Connection) -> None:
+        """Drop what is older than the retention, then the oldest rows beyond max_rows (under the lock)."""
+        db.execute("DELETE FROM requests WHERE time < ?", (time.time() - self.retention_days * 86400,))
+        count = db.execute("SELECT count(*) FROM requests").fetchone()[0]
+        if count > self.max_rows:
+            db.execute("DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests ORDER BY time LIMIT ?)",
+                       (count - self.max_rows,))
+            count = self.max_rows
+        db.commit()
+        self._rows = count
+        self._pruned_at = time.time()
 
     async def aclose(self) -> None:
         if self._timer is not None:
