@@ -292,3 +292,17 @@ async def test_a_page_on_another_loopback_port_cannot_use_the_session(
     await page.click("#nav a[data-page='approvals']")
     await page.locator("article.approval").get_by_role("button", name="Deny").click()
     await asyncio.wait_for(task, TIMEOUT)
+
+
+async def test_allow_and_remember_saves_a_rule(browser: Any, daemon: Daemon, standin: StandIn, project: Path) -> None:
+    page = await logged_in_page(browser, daemon)
+    await page.click("#nav a[data-page='approvals']")
+    standin.api.script_tool_call("write_file", {"path": "made.txt", "content": "new file\n"})
+    task = await chat(daemon)
+    card = page.locator("article.approval")
+    await card.wait_for(timeout=TIMEOUT * 1000)
+    await card.get_by_role("button", name="Allow and remember").click()
+    await asyncio.wait_for(task, TIMEOUT)
+    assert (project / "made.txt").read_text() == "new file\n"
+    await page.wait_for_selector("#ap-recent td:has-text('allowed, remembered')")
+    assert "write_file(" in daemon.paths.config_file.read_text()
