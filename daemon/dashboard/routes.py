@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import importlib.resources
 import time
+from html import escape
 from typing import Any
 
 from aiohttp import web
@@ -75,8 +76,6 @@ def page_response(body: bytes, content_type: str, *, status: int = 200, etag: st
 
 def message_page(status: int, title: str, text: str) -> web.Response:
     """A plain page for the login's outcomes (no script: nothing to load it with)."""
-    from html import escape
-
     body = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
             f'<link rel="stylesheet" href="/dashboard/app.css"></head><body class="message"><main><h1>'
             f'{escape(title)}</h1><p>{escape(text)}</p></main></body></html>').encode()
@@ -298,7 +297,10 @@ async def set_key(request: web.Request) -> web.Response:
 
 async def session_state(request: web.Request) -> web.Response:
     """Whether the browser holds a live session (the page's first call; answers without one too)."""
-    return _json({"session": has_session(request)})
+    response = _json({"session": has_session(request)})
+    response.headers.update(PAGE_HEADERS)
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def add_routes(app: web.Application) -> None:

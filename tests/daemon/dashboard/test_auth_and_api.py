@@ -167,7 +167,8 @@ async def test_logout_ends_the_session(daemon: Daemon) -> None:
 
 async def test_pages_carry_a_strict_csp_and_stay_small(daemon: Daemon) -> None:
     total = 0
-    for path in ("/dashboard/", "/dashboard/app.js", "/dashboard/app.css", "/dashboard/login?code=x"):
+    for path in ("/dashboard/", "/dashboard/app.js", "/dashboard/app.css", "/dashboard/login?code=x",
+                 "/dashboard/session"):
         status, body, response = await call(daemon, "GET", path)
         assert status in (200, 403), path
         csp = response.headers["Content-Security-Policy"]
