@@ -14,13 +14,12 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .adapters import BACKEND_TYPES, AdapterContext, Backend, BackendRequest, LLMTuneBackend
+from .adapters import BACKEND_TYPES, AdapterContext, Backend, BackendRequest, BackendSettings, LLMTuneBackend
 from .adapters.http1 import ConnectionPool
 from .config.paths import Paths
 from .config.settings import (
     ECHO_BACKEND,
     HOSTED_BACKEND,
-    BackendSettings,
     Config,
     ConfigError,
     Workspace,
@@ -107,7 +106,8 @@ class Runtime:
         for name, spec in config.backends.items():
             backends[name] = BACKEND_TYPES[spec.type].from_settings(name, context, spec)
         for name, url in self._detected(config).items():
-            backends[name] = BACKEND_TYPES["openai"].from_settings(name, context, BackendSettings(url=url))
+            found = BackendSettings(type="openai", url=url)
+            backends[name] = BACKEND_TYPES["openai"].from_settings(name, context, found)
         tokens = tuple((ws.token.encode(), ws) for ws in config.workspaces.values())
         runners = {
             ws.name: self._tool_runner(ws)

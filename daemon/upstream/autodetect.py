@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from ..config.settings import AutodetectSettings, BackendSettings, is_loopback_host
+from ..adapters import BackendSettings
+from ..config.settings import AutodetectSettings, is_loopback_host
 
 log = logging.getLogger(__name__)
 
