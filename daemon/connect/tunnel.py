@@ -15,11 +15,13 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
@@ -92,7 +94,17 @@ def running_tunnel(paths: Paths) -> RunningTunnel | None:
         return None
     except PermissionError:
         pass
-    return tunnel
+    # A pid can be reused after a crash: the process counts only while its listener still answers.
+    return tunnel if _listening(tunnel.local_url) else None
+
+
+def _listening(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=1.0):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def stop_running(paths: Paths) -> RunningTunnel | None:

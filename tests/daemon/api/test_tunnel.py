@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,3 +249,15 @@ async def test_stopping_closes_the_public_side_first(start_tunnel: StartTunnel, 
         with pytest.raises(aiohttp.ClientConnectionError):
             async with http.get(url, headers=running.auth()):
                 pass
+
+
+def test_a_stale_state_file_is_not_a_running_tunnel(home: Paths) -> None:
+    """After a crash the pid may belong to another program: without its listener it is not signalled."""
+    home.ensure()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    tunnel.state_file(home).write_bytes(orjson.dumps({"pid": os.getpid(), "local_url": f"http://127.0.0.1:{port}",
+                                                      "public_url": "https://x.example"}))
+    assert tunnel.running_tunnel(home) is None
+    assert tunnel.stop_running(home) is None  # and this test process got no SIGTERM
