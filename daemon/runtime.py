@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,16 +14,25 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .adapters import BACKEND_TYPES, AdapterContext, Backend, BackendRequest
+from .adapters import BACKEND_TYPES, AdapterContext, Backend, BackendRequest, BackendSettings, LLMTuneBackend
 from .adapters.http1 import ConnectionPool
 from .config.paths import Paths
-from .config.settings import ECHO_BACKEND, HOSTED_BACKEND, Config, ConfigError, Workspace, load_config
+from .config.settings import (
+    ECHO_BACKEND,
+    HOSTED_BACKEND,
+    Config,
+    ConfigError,
+    Workspace,
+    load_config,
+)
+from .history import HISTORY_FILE, History
 from .logs import RequestLog
 from .tools import ToolRunner
 from .tools.approvals import ApprovalBroker
 from .tools.audit import AuditLog
 from .tools.journal import Journal
 from .tools.policy import Policy
+from .upstream.autodetect import Autodetector, wanted
 from .upstream.model_cache import CachedList, ModelList, ModelListCache
 from .upstream.routing import Router
 
@@ -59,11 +67,16 @@ class Runtime:
         self.config_error: str | None = None
         self.reloads = 0
         self.model_cache = ModelListCache(paths.cache_dir, config.settings.cache.models_ttl)
-        self.request_log = RequestLog(logging.getLogger("llmtune_companion.requests"))
+        history = config.settings.history
+        self.history = History(paths.root / HISTORY_FILE if history.persist else None, ring_size=history.ring_size,
+                               store_content=history.store_content, retention_days=history.retention_days)
+        self.request_log = RequestLog(logging.getLogger("llmtune_companion.requests"), history=self.history)
         # Pending approvals outlive reloads: the broker belongs to the daemon, not to a config.
         self.approvals = ApprovalBroker(timeout=config.settings.tools.approval_timeout)
         self.journal = Journal.for_paths(paths)
         self.audit = AuditLog.for_paths(paths)
+        # Local servers found on their well-known ports; what it finds outlives reloads.
+        self.autodetect = Autodetector(session, self._detected_changed)
         self.built = self._build(config)
         self._listing_memo: dict[str, tuple[tuple[Any, ...], bytes]] = {}
 
@@ -91,14 +104,12 @@ class Runtime:
         )
         backends: dict[str, Backend] = {}
         if config.settings.hosted.enabled:
-            backends[HOSTED_BACKEND] = BACKEND_TYPES["llmtune"](HOSTED_BACKEND, context, url=config.hosted_url)
+            backends[HOSTED_BACKEND] = LLMTuneBackend(HOSTED_BACKEND, context, url=config.hosted_url)
         for name, spec in config.backends.items():
-            key = None
-            if spec.api_key_env:
-                key = os.environ.get(spec.api_key_env)
-            extra: dict[str, Any] = {"region": spec.region} if spec.type == "bedrock" else {}
-            backends[name] = BACKEND_TYPES[spec.type](name, context, url=spec.url, api_key=key, models=spec.models,
-                                                      **extra)
+            backends[name] = BACKEND_TYPES[spec.type].from_settings(name, context, spec)
+        for name, url in self._detected(config).items():
+            found = BackendSettings(type="openai", url=url)
+            backends[name] = BACKEND_TYPES["openai"].from_settings(name, context, found)
         tokens = tuple((ws.token.encode(), ws) for ws in config.workspaces.values())
         runners = {
             ws.name: self._tool_runner(ws)
@@ -106,6 +117,31 @@ class Runtime:
             if ws.settings.root is not None
         }
         return Built(config, backends, Router(config.settings, backends), tokens, runners)
+
+    def _detected(self, config: Config) -> dict[str, str]:
+        if not config.settings.autodetect.enabled:
+            return {}
+        return wanted(self.autodetect.found, config.backends)
+
+    def _detected_changed(self) -> None:
+        self.built = self._build(self.config)
+        self._listing_memo.clear()
+
+    def detect_in_background(self, *, older_than: float = 0.0) -> None:
+        """Probe for local servers without waiting (at start, and when model lists are refreshed)."""
+        settings = self.config.settings
+        self.autodetect.kick(settings.autodetect, older_than=older_than, skip_port=settings.server.port)
+
+    async def detect_local_servers(self) -> None:
+        """Probe for local servers and wait for the answer (for the command line, never for a request)."""
+        self.detect_in_background()
+        await self.autodetect.wait()
+
+    async def aclose(self) -> None:
+        """Stop the background work this runtime owns (a second call does nothing more)."""
+        await self.autodetect.aclose()
+        await self.history.aclose()
+        await self.model_cache.aclose()
 
     def _tool_runner(self, workspace: Workspace) -> ToolRunner:
         assert workspace.settings.root is not None
@@ -140,8 +176,10 @@ class Runtime:
             self.approvals.publish({"type": SETTINGS_RELOADED, "valid": False, "error": self.config_error})
             return False
         self.built = self._build(config)
+        self.detect_in_background()  # the ports to probe may have changed
         self.model_cache.ttl = config.settings.cache.models_ttl
         self.approvals.timeout = config.settings.tools.approval_timeout
+        self.history.store_content = config.settings.history.store_content
         self._listing_memo.clear()
         self.config_error = None
         self.reloads += 1
@@ -187,13 +225,13 @@ class Runtime:
 
     def _listed_backends(self, workspace: Workspace) -> list[Backend]:
         # The hosted list needs the workspace's key; without one there is nothing to ask for.
-        return [b for b in self.backends.values() if not (b.kind == "llmtune" and not workspace.has_key)]
+        return [b for b in self.backends.values() if not (b.injects_workspace_key and not workspace.has_key)]
 
     async def backend_models(
         self, backend: Backend, workspace: Workspace, *, refresh: bool = False
     ) -> CachedList | None:
         """One backend's list through the cache; None when it has never been reachable."""
-        if backend.kind == "echo":
+        if backend.serves_any_model:
             return CachedList(await self._fetch_models(backend, workspace), time.time(), False, None)
         key = self._cache_key(backend, workspace)
         try:
@@ -205,6 +243,8 @@ class Runtime:
 
     async def list_models(self, workspace: Workspace, *, refresh: bool = False) -> ModelList:
         """Every model this workspace can use, under the ids clients send back."""
+        # A refresh of the lists is also when new local servers are looked for (never waited for here).
+        self.detect_in_background(older_than=0.0 if refresh else self.model_cache.ttl)
         merged: ModelList = []
         for backend, listed in await self._all_lists(workspace, refresh):
             if listed is None:
@@ -241,7 +281,7 @@ class Runtime:
     def _fresh_signature(self, workspace: Workspace) -> tuple[Any, ...] | None:
         parts: list[Any] = [id(self.built)]
         for backend in self._listed_backends(workspace):
-            if backend.kind == "echo":
+            if backend.serves_any_model:
                 continue
             fresh = self.model_cache.peek(self._cache_key(backend, workspace))
             if fresh is None:
@@ -251,7 +291,7 @@ class Runtime:
 
     async def model_is_listed(self, backend: Backend, model: str, workspace: Workspace) -> bool | None:
         """Whether a backend lists a model; None when its list is unknown (then the backend decides)."""
-        if backend.kind == "echo":
+        if backend.serves_any_model:
             return True
         listed = await self.backend_models(backend, workspace)
         if listed is None:
@@ -278,6 +318,7 @@ class Runtime:
             ],
             "backends": [backend.describe() for backend in self.backends.values()],
             "model_cache": self.model_cache.status(),
+            "autodetect": self.autodetect.status(config.settings.autodetect, self._detected(config)),
         }
 
 

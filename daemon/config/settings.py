@@ -20,9 +20,10 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..tools.executor import ToolLimits
+from ..adapters import BackendSettings, BackendTable, check_http_url
 from ..tools.policy import ToolPolicySettings
 from .paths import Paths, write_private
+from .tool_limits import ToolLimits
 
 DEFAULT_PORT = 8742
 DEFAULT_HOSTED_URL = "https://api.llmtune.io"
@@ -86,32 +87,6 @@ class HostedSettings(_Strict):
     @classmethod
     def _http_url(cls, value: str) -> str:
         return check_http_url(value)
-
-
-class BackendSettings(_Strict):
-    type: Literal["openai", "echo", "bedrock"] = "openai"
-    # For bedrock, an optional endpoint override (a VPC endpoint, a test stand-in).
-    url: str | None = None
-    # AWS region of a bedrock backend; unset, the AWS chain decides (AWS_REGION, the profile).
-    region: str | None = None
-    # Name of an environment variable holding this backend's key (vLLM --api-key, LM Studio ...).
-    api_key_env: str | None = None
-    # Models to list when the server cannot list them itself.
-    models: tuple[str, ...] = ()
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        # Normalised like hosted.base_url: "http://host/v1/" must not become "/v1//chat/completions".
-        return None if value is None else check_http_url(value)
-
-    @model_validator(mode="after")
-    def _url_for_openai(self) -> BackendSettings:
-        if self.type == "openai" and not self.url:
-            raise ValueError("an openai backend needs url, e.g. http://127.0.0.1:8080/v1")
-        if self.region is not None and self.type != "bedrock":
-            raise ValueError("region is only read by a bedrock backend")
-        return self
 
 
 class RouteSettings(_Strict):
@@ -187,18 +162,64 @@ class TraySettings(_Strict):
         return bool(getattr(self, f"notify_{kind}", True))
 
 
+# Where local OpenAI-compatible servers listen by default; each found one becomes a backend of that name.
+DetectedServer = Literal["ollama", "lmstudio", "llamacpp", "vllm"]
+AUTODETECT_PORTS: dict[DetectedServer, int] = {"ollama": 11434, "lmstudio": 1234, "llamacpp": 8080, "vllm": 8000}
+
+
+class AutodetectSettings(_Strict):
+    enabled: bool = True
+    # Replaces the whole list: `ports = { llamacpp = 8081 }` probes only llama.cpp's server, on 8081.
+    ports: dict[DetectedServer, int] = Field(default_factory=lambda: dict(AUTODETECT_PORTS))
+    # Seconds one probe (`GET /v1/models` on 127.0.0.1) may take; requests never wait for it.
+    timeout: float = Field(0.5, gt=0, le=10)
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, port in value.items():
+            if not 1 <= port <= 65535:
+                raise ValueError(f"{name}: port {port} is not between 1 and 65535")
+        return value
+
+
+class TunnelSettings(_Strict):
+    """`connect cursor`: the restricted listener a public tunnel forwards to."""
+
+    # Its loopback port; 0 picks a free one each time.
+    port: int = Field(0, ge=0, le=65535)
+    # Requests per minute it answers (all callers together); the rest get 429 with Retry-After.
+    requests_per_minute: int = Field(60, ge=1, le=100_000)
+
+
+class HistorySettings(_Strict):
+    """`[history]`: the request history the dashboard shows (kept in <settings dir>/history.sqlite3)."""
+
+    # Keep the last message of each prompt too; off, only time, model, backend, status, duration, tokens.
+    store_content: bool = False
+    # Requests kept in memory for the Activity page.
+    ring_size: int = Field(2000, ge=10, le=100_000)
+    # Days kept on disk.
+    retention_days: float = Field(30.0, gt=0, le=3650)
+    # False: memory only, nothing written to disk.
+    persist: bool = True
+
+
 class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     cache: CacheSettings = CacheSettings()
     hosted: HostedSettings = HostedSettings()
-    backends: dict[str, BackendSettings] = {}
+    backends: dict[str, BackendTable] = {}
     routes: tuple[RouteSettings, ...] = ()
     workspaces: dict[str, WorkspaceSettings] = {}
     tools: ToolsSettings = ToolsSettings()
     jobs: JobsSettings = JobsSettings()
     llm_api: LlmApiSettings = LlmApiSettings()
     tray: TraySettings = TraySettings()
+    history: HistorySettings = HistorySettings()
+    autodetect: AutodetectSettings = AutodetectSettings()
+    tunnel: TunnelSettings = TunnelSettings()
 
     @field_validator("backends", "workspaces")
     @classmethod
@@ -257,14 +278,13 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def check_http_url(value: str) -> str:
-    if not re.match(r"^https?://[^/\s]+", value):
-        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
-    return value.rstrip("/")
-
-
 def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def _unwrapped(annotation: Any) -> Any:
+    """`Annotated[Model, validator]` -> Model."""
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is typing.Annotated else annotation
 
 
 def _known_keys(loc: tuple[int | str, ...]) -> list[str] | None:
@@ -273,9 +293,9 @@ def _known_keys(loc: tuple[int | str, ...]) -> list[str] | None:
     for part in loc[:-1]:
         origin = typing.get_origin(target)
         if origin is dict:
-            target = typing.get_args(target)[1]
+            target = _unwrapped(typing.get_args(target)[1])
         elif origin is tuple:
-            target = typing.get_args(target)[0]
+            target = _unwrapped(typing.get_args(target)[0])
         elif isinstance(target, type) and issubclass(target, BaseModel) and part in target.model_fields:
             target = target.model_fields[str(part)].annotation
         else:
