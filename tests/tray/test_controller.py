@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from llmtune_companion.tray.model import Action, IconState, Item, TrayState
 
 from tests.conftest import Daemon, StandIn, StartDaemon
@@ -197,3 +198,18 @@ async def test_fine_tune_job_events_become_notifications(start_daemon: StartDaem
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_open_dashboard_opens_a_one_time_login_link(daemon: Daemon, tray: Tray) -> None:
+    from llmtune_companion.tray.features import detect
+
+    features = detect()
+    assert features.dashboard  # the dashboard is installed: its item is the menu's default
+    tray.controller.features = features
+    item = find(tray.controller.snapshot().menu, "Open dashboard")
+    assert item.default
+    await tray.controller.perform(item.action or Action("none"))
+    [url] = tray.desktop.opened
+    assert url.startswith(daemon.url + "/dashboard/login?code=")
+    async with aiohttp.ClientSession() as session, session.get(url, allow_redirects=False) as response:
+        assert response.status in (302, 303)  # the code logs the browser in, once
