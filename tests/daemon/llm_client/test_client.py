@@ -195,7 +195,8 @@ async def test_no_arguments_finds_a_running_serve(serve_daemon: ServeDaemon, hom
     assert client.base_url == served.url
     answer = await asyncio.to_thread(client.complete, "hello there", model="echo")
     assert answer.content == "hello there" and answer.model == "echo"
-    assert [e async for e in client.astream("hi", model="echo")][0] == ContentDelta("hi")
+    events = [e async for e in client.astream("hi", model="echo")]
+    assert events[0] == ContentDelta("hi") and isinstance(events[-1], Metadata)
     assert "echo" in await client.amodels()
     with pytest.raises(LLMClientError) as caught:
         LLMClient(workspace="nobody").complete("hi")

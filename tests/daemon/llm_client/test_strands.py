@@ -107,7 +107,7 @@ async def test_errors_reach_the_agent(start_daemon: StartDaemon, standin: StandI
 
 def test_get_model_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     client = LLMClient("http://127.0.0.1:1", "lct_x")
-    with pytest.raises(ValueError, match="unknown model format 'crewai'.*'strands', 'langchain'"):
+    with pytest.raises(ValueError, match=r"unknown model format 'crewai'.*'strands', 'langchain'"):
         client.get_model(format="crewai")
     with pytest.raises(TypeError, match="top_k"):
         client.get_model(format="strands", top_k=3)
