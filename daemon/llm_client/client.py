@@ -7,8 +7,8 @@ from typing import Any
 
 import orjson
 
-from ..paths import Paths
-from ..settings import DEFAULT_WORKSPACE
+from ..config.paths import Paths
+from ..config.settings import DEFAULT_WORKSPACE
 from .discovery import find_daemon, find_token
 from .transport import (
     CONNECT_TIMEOUT,

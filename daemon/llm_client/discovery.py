@@ -3,9 +3,9 @@ directory (LLMTUNE_COMPANION_HOME moves it), so a client on the user's machine n
 
 from __future__ import annotations
 
-from ..cli import daemon_url
-from ..paths import Paths
-from ..settings import ConfigError, SecretsStore
+from ..cli.client import daemon_url
+from ..config.paths import Paths
+from ..config.settings import ConfigError, SecretsStore
 from .types import LLMClientError
 
 

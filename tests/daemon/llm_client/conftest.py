@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from llmtune_companion.paths import HOME_ENV, Paths
-from llmtune_companion.workspaces import add_workspace
+from llmtune_companion.config.paths import HOME_ENV, Paths
+from llmtune_companion.config.workspaces import add_workspace
 
 from tests.conftest import WORKSPACE_KEY
 

@@ -8,6 +8,8 @@ import json
 from typing import Any
 
 import pytest
+from llmtune_companion.config.paths import Paths
+from llmtune_companion.config.settings import load_config
 from llmtune_companion.llm_client import (
     Completion,
     ContentDelta,
@@ -25,8 +27,6 @@ from llmtune_companion.llm_client import (
     Usage,
 )
 from llmtune_companion.llm_client.transport import SSEDecoder
-from llmtune_companion.paths import Paths
-from llmtune_companion.settings import load_config
 
 from tests.conftest import WORKSPACE_KEY, Daemon, StandIn, StartDaemon, closed_port
 from tests.daemon.llm_client.conftest import ServeDaemon
