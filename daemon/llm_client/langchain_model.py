@@ -79,7 +79,7 @@ def format_messages(messages: Sequence[BaseMessage]) -> tuple[str | None, list[d
             if not message.tool_calls:
                 out.append({"role": "assistant", "content": _content(message.content)})
                 continue
-            blocks = [{"type": "text", "text": message.text}] if message.text else []
+            blocks: list[dict[str, Any]] = [{"type": "text", "text": message.text}] if message.text else []
             blocks += [{"type": "tool_use", "id": call["id"] or f"call_{index}", "name": call["name"],
                         "input": call["args"]} for index, call in enumerate(message.tool_calls)]
             out.append({"role": "assistant", "content": blocks})

@@ -18,8 +18,9 @@ from strands.event_loop import streaming
 from strands.models.model import Model
 from strands.tools import convert_pydantic_to_tool_spec
 from strands.types.content import ContentBlock, Messages, SystemContentBlock
+from strands.types.event_loop import StopReason
 from strands.types.exceptions import ContextWindowOverflowException, ModelThrottledException
-from strands.types.streaming import StopReason, StreamEvent
+from strands.types.streaming import StreamEvent
 from strands.types.tools import ToolChoice, ToolSpec
 from typing_extensions import Unpack, override
 
@@ -144,7 +145,7 @@ class CompanionStrandsModel(Model):
         return self.config
 
     @override
-    async def stream(  # type: ignore[override]
+    async def stream(
         self,
         messages: Messages,
         tool_specs: list[ToolSpec] | None = None,
@@ -207,8 +208,8 @@ class CompanionStrandsModel(Model):
     ) -> AsyncGenerator[dict[str, T | Any], None]:
         """The answer as `output_model`, by forcing a call to a tool whose input schema is that model."""
         tool_spec = convert_pydantic_to_tool_spec(output_model)
-        response = self.stream(prompt, [tool_spec], system_prompt, tool_choice={"tool": {"name": tool_spec["name"]}},
-                               **kwargs)
+        forced = cast(ToolChoice, {"tool": {"name": tool_spec["name"]}})
+        response = self.stream(prompt, [tool_spec], system_prompt, tool_choice=forced, **kwargs)
         event: dict[str, Any] = {}
         async for event in streaming.process_stream(response):
             yield event

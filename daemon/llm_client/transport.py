@@ -112,7 +112,7 @@ class _Handler(urllib.request.HTTPHandler):
         self._timeouts = timeouts
 
     def http_open(self, req: urllib.request.Request) -> HTTPResponse:
-        return self.do_open(partial(_Connection, read_timeout=self._timeouts.read), req)  # type: ignore[arg-type]
+        return self.do_open(partial(_Connection, read_timeout=self._timeouts.read), req)
 
 
 def _opener(timeouts: Timeouts) -> urllib.request.OpenerDirector:
