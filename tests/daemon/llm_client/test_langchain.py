@@ -12,6 +12,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, Sys
 from langchain_core.tools import tool
 from llmtune_companion.llm_client import LLMClient, LLMClientError
 from llmtune_companion.llm_client.langchain_model import ChatLLMTuneCompanion
+from pydantic import BaseModel
 
 from tests.conftest import Daemon, StandIn, StartDaemon
 
@@ -91,6 +92,12 @@ async def test_echo_works_offline(start_daemon: StartDaemon) -> None:
     assert [(c["name"], c["args"]) for c in reply.tool_calls] == [("get_weather", {"city": "Oslo"})]
     final = await model.ainvoke([HumanMessage("Oslo"), reply, get_weather.invoke(reply.tool_calls[0])])
     assert final.content == "Oslo"
+
+    class City(BaseModel):
+        city: str
+
+    # LangChain's structured output binds the schema as a tool and forces it.
+    assert await model.with_structured_output(City).ainvoke("Bergen") == City(city="Bergen")
 
 
 async def test_errors(start_daemon: StartDaemon, standin: StandIn) -> None:
