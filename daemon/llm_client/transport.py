@@ -51,7 +51,8 @@ class SSEDecoder:
     """Bytes in, the `data:` payload of each complete event out (multi-line data joined by newlines)."""
 
     def __init__(self, limit: int = MAX_EVENT) -> None:
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._scanned = 0  # bytes of the buffer known to hold no newline (a long line arrives in many reads)
         self._data: list[bytes] = []
         self._size = 0
         self._limit = limit
@@ -59,11 +60,10 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[str]:
         self._buffer += chunk
         out: list[str] = []
-        while True:
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                break
-            line, self._buffer = self._buffer[:end].rstrip(b"\r"), self._buffer[end + 1:]
+        start = 0
+        while (end := self._buffer.find(b"\n", max(start, self._scanned))) >= 0:
+            line = bytes(self._buffer[start:end]).rstrip(b"\r")
+            start = end + 1
             if not line:
                 if self._data:
                     out.append(b"\n".join(self._data).decode("utf-8", "replace"))
@@ -73,6 +73,8 @@ class SSEDecoder:
                 self._data.append(value[1:] if value.startswith(b" ") else value)
                 self._size += len(value)
             # comments (":"), event:, id: and retry: lines carry nothing this API uses
+        del self._buffer[:start]
+        self._scanned = len(self._buffer)
         if self._size + len(self._buffer) > self._limit:
             raise LLMClientError(None, "event_too_large", f"an event from the companion exceeds {self._limit} bytes")
         return out

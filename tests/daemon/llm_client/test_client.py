@@ -178,8 +178,13 @@ def test_sse_decoder() -> None:
     decoder = SSEDecoder(limit=64)
     assert decoder.feed(b"data: {\"a\"") == []
     assert decoder.feed(b": 1}\n\n: a comment\r\nevent: x\r\ndata: one\r\ndata:two\r\n\r\n") == ['{"a": 1}', "one\ntwo"]
+    wire = b'data: {"type": "content_delta", "delta": "x"}\n\ndata: [1]\n\n'
+    whole = SSEDecoder()
+    assert [d for byte in range(len(wire)) for d in whole.feed(wire[byte:byte + 1])] == [
+        '{"type": "content_delta", "delta": "x"}', "[1]"]
     with pytest.raises(LLMClientError) as caught:
-        decoder.feed(b"data: " + b"x" * 100)
+        decoder.feed(b"data: " + b"x" * 30)
+        decoder.feed(b"x" * 40)
     assert caught.value.code == "event_too_large"
 
 
