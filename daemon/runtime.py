@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .adapters import BACKEND_TYPES, AdapterContext, Backend, BackendRequest
+from .adapters import BACKEND_TYPES, AdapterContext, Backend, BackendRequest, LLMTuneBackend
 from .adapters.http1 import ConnectionPool
 from .config.paths import Paths
 from .config.settings import ECHO_BACKEND, HOSTED_BACKEND, Config, ConfigError, Workspace, load_config
@@ -89,14 +88,9 @@ class Runtime:
         )
         backends: dict[str, Backend] = {}
         if config.settings.hosted.enabled:
-            backends[HOSTED_BACKEND] = BACKEND_TYPES["llmtune"](HOSTED_BACKEND, context, url=config.hosted_url)
+            backends[HOSTED_BACKEND] = LLMTuneBackend(HOSTED_BACKEND, context, url=config.hosted_url)
         for name, spec in config.backends.items():
-            key = None
-            if spec.api_key_env:
-                key = os.environ.get(spec.api_key_env)
-            extra: dict[str, Any] = {"region": spec.region} if spec.type == "bedrock" else {}
-            backends[name] = BACKEND_TYPES[spec.type](name, context, url=spec.url, api_key=key, models=spec.models,
-                                                      **extra)
+            backends[name] = BACKEND_TYPES[spec.type].from_settings(name, context, spec)
         tokens = tuple((ws.token.encode(), ws) for ws in config.workspaces.values())
         runners = {
             ws.name: self._tool_runner(ws)
@@ -182,13 +176,13 @@ class Runtime:
 
     def _listed_backends(self, workspace: Workspace) -> list[Backend]:
         # The hosted list needs the workspace's key; without one there is nothing to ask for.
-        return [b for b in self.backends.values() if not (b.kind == "llmtune" and not workspace.has_key)]
+        return [b for b in self.backends.values() if not (b.injects_workspace_key and not workspace.has_key)]
 
     async def backend_models(
         self, backend: Backend, workspace: Workspace, *, refresh: bool = False
     ) -> CachedList | None:
         """One backend's list through the cache; None when it has never been reachable."""
-        if backend.kind == "echo":
+        if backend.serves_any_model:
             return CachedList(await self._fetch_models(backend, workspace), time.time(), False, None)
         key = self._cache_key(backend, workspace)
         try:
@@ -236,7 +230,7 @@ class Runtime:
     def _fresh_signature(self, workspace: Workspace) -> tuple[Any, ...] | None:
         parts: list[Any] = [id(self.built)]
         for backend in self._listed_backends(workspace):
-            if backend.kind == "echo":
+            if backend.serves_any_model:
                 continue
             fresh = self.model_cache.peek(self._cache_key(backend, workspace))
             if fresh is None:
@@ -246,7 +240,7 @@ class Runtime:
 
     async def model_is_listed(self, backend: Backend, model: str, workspace: Workspace) -> bool | None:
         """Whether a backend lists a model; None when its list is unknown (then the backend decides)."""
-        if backend.kind == "echo":
+        if backend.serves_any_model:
             return True
         listed = await self.backend_models(backend, workspace)
         if listed is None:

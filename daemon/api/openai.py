@@ -10,11 +10,12 @@ import orjson
 from aiohttp import web
 
 from ..adapters import BackendRequest, Endpoint, UpstreamBroken
+from ..adapters.openai_stream import DONE
 from ..appkeys import RUNTIME, WORKSPACE
 from ..config.settings import Workspace
 from ..errors import CompanionError, sse_error_event
 from ..tools.agent_loop import MODE_HEADER, AgentLoop, RunnerHost, choose_mode
-from ..upstream.forwarding import Forwarded, forward, with_model
+from ..upstream.forwarding import Forwarded, forward, require_listed, with_model
 
 log = logging.getLogger("llmtune_companion.requests")
 
@@ -79,11 +80,7 @@ async def relay(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         if not isinstance(messages, list) or not messages:
             raise CompanionError(400, "'messages' must be a non-empty array", "invalid_messages")
     route = runtime.router.resolve(model)
-    backend = runtime.backends.get(route.backend)
-    if backend is not None and route.prefixed:
-        if await runtime.model_is_listed(backend, route.model, workspace) is False:
-            raise CompanionError(404, f"model {model!r} not found on backend {route.backend!r}; "
-                                      "GET /v1/models lists what is served", "model_not_found", {"model": model})
+    await require_listed(runtime, route, model, workspace, "/v1/models")
     headers = {name: request.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in request.headers}
     if endpoint in ("chat", "agent_chat"):
         mode = choose_mode(workspace.settings.tools, request.headers.get(MODE_HEADER))
@@ -163,7 +160,7 @@ async def stream_response(
             if not is_sse:
                 raise  # the connection is dropped: a truncated JSON body must not look complete
             await out.write(sse_error_event(f"{exc}; the answer is incomplete", "upstream_broken"))
-            await out.write(b"data: [DONE]\n\n")
+            await out.write(DONE)
         if not ended:
             await out.write_eof()
     finally:
@@ -187,13 +184,13 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     return await relay(request, "embeddings")
 
 
-def _wants_refresh(request: web.Request) -> bool:
+def wants_refresh(request: web.Request) -> bool:
     return "no-cache" in request.headers.get("Cache-Control", "") or request.query.get("refresh") in ("1", "true")
 
 
 async def list_models(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    body = await runtime.models_listing(request[WORKSPACE], refresh=_wants_refresh(request))
+    body = await runtime.models_listing(request[WORKSPACE], refresh=wants_refresh(request))
     return web.Response(body=body, content_type="application/json")
 
 
@@ -209,7 +206,7 @@ async def retrieve_model(request: web.Request) -> web.Response:
 async def agent_models(request: web.Request) -> web.Response:
     """The Agent API's own list shape, `{success, data, count}`, for clients set up for it."""
     runtime = request.app[RUNTIME]
-    models = await runtime.list_models(request[WORKSPACE], refresh=_wants_refresh(request))
+    models = await runtime.list_models(request[WORKSPACE], refresh=wants_refresh(request))
     data = [{"id": m["id"], "name": m.get("name") or m["id"], "owned_by": m.get("owned_by")} for m in models]
     return web.Response(body=orjson.dumps({"success": True, "data": data, "count": len(data)}),
                         content_type="application/json")
