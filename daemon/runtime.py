@@ -18,6 +18,7 @@ from .adapters import BACKEND_TYPES, AdapterContext, Backend, BackendRequest, LL
 from .adapters.http1 import ConnectionPool
 from .config.paths import Paths
 from .config.settings import ECHO_BACKEND, HOSTED_BACKEND, Config, ConfigError, Workspace, load_config
+from .history import HISTORY_FILE, History
 from .logs import RequestLog
 from .tools import ToolRunner
 from .tools.approvals import ApprovalBroker
@@ -56,7 +57,10 @@ class Runtime:
         self.config_error: str | None = None
         self.reloads = 0
         self.model_cache = ModelListCache(paths.cache_dir, config.settings.cache.models_ttl)
-        self.request_log = RequestLog(logging.getLogger("llmtune_companion.requests"))
+        history = config.settings.history
+        self.history = History(paths.root / HISTORY_FILE if history.persist else None, ring_size=history.ring_size,
+                               store_content=history.store_content, retention_days=history.retention_days)
+        self.request_log = RequestLog(logging.getLogger("llmtune_companion.requests"), history=self.history)
         # Pending approvals outlive reloads: the broker belongs to the daemon, not to a config.
         self.approvals = ApprovalBroker(timeout=config.settings.tools.approval_timeout)
         self.journal = Journal.for_paths(paths)
@@ -133,6 +137,7 @@ class Runtime:
         self.built = self._build(config)
         self.model_cache.ttl = config.settings.cache.models_ttl
         self.approvals.timeout = config.settings.tools.approval_timeout
+        self.history.store_content = config.settings.history.store_content
         self._listing_memo.clear()
         self.config_error = None
         self.reloads += 1

@@ -14,6 +14,7 @@ from ..adapters.openai_stream import DONE
 from ..appkeys import RUNTIME, WORKSPACE
 from ..config.settings import Workspace
 from ..errors import CompanionError, sse_error_event
+from ..history import RequestRecord, prompt_text, usage_from_bytes
 from ..tools.agent_loop import MODE_HEADER, AgentLoop, RunnerHost, choose_mode
 from ..upstream.forwarding import Forwarded, forward, require_listed, with_model
 
@@ -91,7 +92,17 @@ async def relay(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
                                           f"workspace set {workspace.name} --root DIR`", "workspace_root_required")
             loop = AgentLoop(runtime, RunnerHost(runner), workspace, route, request, endpoint,
                              mode, workspace.settings.max_steps, model)
-            return await loop.run(payload, headers)
+            status = 500
+            try:
+                answer = await loop.run(payload, headers)
+                status = answer.status
+                return answer
+            except CompanionError as exc:
+                status = exc.status
+                raise
+            finally:
+                usage = (loop.usage.get("prompt_tokens"), loop.usage.get("completion_tokens"))
+                record_request(request, model, loop.backend, status, started, usage=usage, payload=payload)
     stream = payload.get("stream") is True
     upstream_request = with_model(
         BackendRequest(endpoint, body, stream, workspace.api_key, headers, payload), route.model
@@ -100,17 +111,29 @@ async def relay(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     try:
         response = await send_response(request, forwarded, workspace)
     finally:
-        log_request(request, model, forwarded, started)
+        log_request(request, model, forwarded, started, payload)
     return response
 
 
-def log_request(request: web.Request, model: str, forwarded: Forwarded, started: float) -> None:
+def log_request(request: web.Request, model: str, forwarded: Forwarded, started: float,
+                payload: dict[str, Any] | None = None) -> None:
+    record_request(request, model, forwarded.backend, forwarded.response.status, started, usage=forwarded.usage,
+                   fallback_from=forwarded.fallback_from, payload=payload)
+
+
+def record_request(request: web.Request, model: str, backend: str | None, status: int, started: float, *,
+                   usage: tuple[int | None, int | None] = (None, None), fallback_from: str | None = None,
+                   payload: dict[str, Any] | None = None) -> None:
+    """The request log line and the history entry (the dashboard's Activity) of one finished request."""
     runtime = request.app[RUNTIME]
-    if runtime.config.settings.server.log_requests:
-        # raw_path and repr: a client's newline cannot forge a log line.
-        elapsed = (time.perf_counter() - started) * 1000
-        runtime.request_log.add(f"{request.method} {request.raw_path} model={model!r} "
-                                f"backend={forwarded.backend} status={forwarded.response.status} {elapsed:.1f}ms")
+    settings = runtime.config.settings
+    workspace = request.get(WORKSPACE)
+    # raw_path: a client's newline cannot forge a log line (the model is shown with repr).
+    runtime.request_log.record(RequestRecord(
+        time.time(), request.method, request.raw_path, workspace.name if workspace else "", model, backend, status,
+        round((time.perf_counter() - started) * 1000, 2), usage[0], usage[1], fallback_from,
+        prompt_text(payload) if settings.history.store_content else None,
+    ), line=settings.server.log_requests)
 
 
 async def send_response(request: web.Request, forwarded: Forwarded, workspace: Workspace) -> web.StreamResponse:
@@ -130,6 +153,8 @@ async def send_response(request: web.Request, forwarded: Forwarded, workspace: W
         finally:
             await upstream.aclose()
         headers.pop("Content-Length", None)
+        if not is_error:
+            forwarded.usage = usage_from_bytes(body)
         return web.Response(status=upstream.status, body=scrub(body, workspace) if is_error else body,
                             headers=headers)
     return await stream_response(request, forwarded, headers, is_sse)
@@ -147,8 +172,11 @@ async def stream_response(
     try:
         await out.prepare(request)
         ended = False
+        # The usage of a stream is in its last event or two: keep the last two pieces to look there.
+        previous = last = b""
         try:
             async for chunk in upstream.chunks():
+                previous, last = last, chunk
                 if upstream.at_end:
                     # The last piece and the end of the body in one write: one wake-up less for the client.
                     await out.write_eof(chunk)
@@ -163,6 +191,8 @@ async def stream_response(
             await out.write(DONE)
         if not ended:
             await out.write_eof()
+        if b"usage" in last or b"usage" in previous:
+            forwarded.usage = usage_from_bytes(previous + last)
     finally:
         await upstream.aclose()
     return out

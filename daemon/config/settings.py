@@ -145,6 +145,19 @@ class JobsSettings(_Strict):
         return self
 
 
+class HistorySettings(_Strict):
+    """`[history]`: the request history the dashboard shows (kept in <settings dir>/history.sqlite3)."""
+
+    # Keep the last message of each prompt too; off, only time, model, backend, status, duration, tokens.
+    store_content: bool = False
+    # Requests kept in memory for the Activity page.
+    ring_size: int = Field(2000, ge=10, le=100_000)
+    # Days kept on disk.
+    retention_days: float = Field(30.0, gt=0, le=3650)
+    # False: memory only, nothing written to disk.
+    persist: bool = True
+
+
 class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
@@ -156,6 +169,7 @@ class Settings(_Strict):
     tools: ToolsSettings = ToolsSettings()
     jobs: JobsSettings = JobsSettings()
     llm_api: LlmApiSettings = LlmApiSettings()
+    history: HistorySettings = HistorySettings()
 
     @field_validator("backends", "workspaces")
     @classmethod

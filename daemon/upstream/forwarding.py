@@ -28,6 +28,8 @@ class Forwarded:
     backend: str
     fallback_from: str | None = None
     retries: int = 0
+    # (prompt, completion) tokens when the answer reported usage; set while it is relayed.
+    usage: tuple[int | None, int | None] = (None, None)
 
 
 def retry_after_seconds(value: str | None) -> float | None:
