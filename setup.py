@@ -13,6 +13,7 @@ MAPPING = {
     "llmtune_companion": "daemon",
     "llmtune_companion.adapters": "adapters",
     "llmtune_companion.tray": "tray",
+    "llmtune_companion.installers": "installers",
 }
 
 
@@ -33,5 +34,5 @@ def discover() -> tuple[list[str], dict[str, str]]:
 
 
 packages, package_dir = discover()
-data_files = ["py.typed", "*.html", "*.js", "*.css", "*.png"]
+data_files = ["py.typed", "*.html", "*.js", "*.css", "*.png", "*.sh", "*.ps1"]
 setup(packages=packages, package_dir=package_dir, package_data={name: data_files for name in packages})

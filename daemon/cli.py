@@ -477,6 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
     job_add.add_argument("--workspace", default=DEFAULT_WORKSPACE, help="the workspace whose key can read it")
     job_add.add_argument("--json", action="store_true")
     jobs.set_defaults(func=cmd_jobs, action=None)
+
+    from .cli_service import register as register_service
+
+    register_service(commands)
     return parser
 
 

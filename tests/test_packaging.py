@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 # Source folder -> where its files sit inside the wheel (setup.py's mapping).
-LAYOUT = {"daemon": "llmtune_companion", "adapters": "llmtune_companion/adapters", "tray": "llmtune_companion/tray"}
+LAYOUT = {"daemon": "llmtune_companion", "adapters": "llmtune_companion/adapters", "tray": "llmtune_companion/tray",
+          "installers": "llmtune_companion/installers"}
 NOT_COPIED = shutil.ignore_patterns(".git", "__pycache__", "*.py[cod]", "*.egg-info", "build", "dist", ".venv",
                                     ".pytest_cache", ".mypy_cache", ".ruff_cache")
 IMPORT_ALL = """
