@@ -146,19 +146,24 @@ def candidates(ctx: Context) -> Manifest:
 # -- the running daemon --------------------------------------------------------------------------
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # Linux: an exited child not yet reaped by its parent still answers kill(0)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def daemon_pid(paths: Paths) -> int | None:
     from ..server import read_daemon_file
 
     pid = (read_daemon_file(paths) or {}).get("pid")
-    if not isinstance(pid, int):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return pid
+    return pid if isinstance(pid, int) and pid_alive(pid) else None
 
 
 def healthy_url(paths: Paths) -> str | None:
@@ -192,7 +197,7 @@ def stop_daemon(paths: Paths, timeout: float = 20.0) -> bool:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while daemon_pid(paths) == pid and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     return True
 
