@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from ..paths import HOME_ENV
+from ..config.paths import HOME_ENV
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     os.environ[HOME_ENV] = args.home
-    from ..cli import main as cli_main
+    from ..cli.main import main as cli_main
 
     return cli_main(args.command)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from ..paths import HOME_ENV, Paths
+from ..config.paths import HOME_ENV, Paths
 from . import linux, macos, windows
 from .plan import DAEMON_LABEL, TRAY_LABEL, Command, Context, Plan, Platform
 from .windows import Registry
@@ -168,7 +168,7 @@ def daemon_pid(paths: Paths) -> int | None:
 
 def healthy_url(paths: Paths) -> str | None:
     """The running daemon's URL when it answers /healthz."""
-    from ..cli import daemon_url
+    from ..cli.client import daemon_url
 
     url = daemon_url(paths)
     if url is None or not url.startswith("http://"):
