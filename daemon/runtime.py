@@ -18,7 +18,15 @@ import orjson
 from .adapters import BACKEND_TYPES, AdapterContext, Backend, BackendRequest
 from .adapters.http1 import ConnectionPool
 from .config.paths import Paths
-from .config.settings import ECHO_BACKEND, HOSTED_BACKEND, Config, ConfigError, Workspace, load_config
+from .config.settings import (
+    ECHO_BACKEND,
+    HOSTED_BACKEND,
+    Config,
+    ConfigError,
+    Workspace,
+    load_config,
+    secrets_status,
+)
 from .logs import RequestLog
 from .tools import ToolRunner
 from .tools.approvals import ApprovalBroker
@@ -270,6 +278,7 @@ class Runtime:
                 {"name": ws.name, "has_key": ws.has_key, "key_source": ws.key_source}
                 for ws in config.workspaces.values()
             ],
+            "secrets": secrets_status(config),
             "backends": [backend.describe() for backend in self.backends.values()],
             "model_cache": self.model_cache.status(),
         }

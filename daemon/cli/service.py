@@ -77,6 +77,10 @@ def cmd_uninstall(args: argparse.Namespace, paths: Paths) -> int:
     for line in report.lines or ["the service was not installed"]:
         print(line)
     if args.purge and paths.root.exists():
+        from ..config.workspaces import forget_keys
+
+        for warning in forget_keys(paths):
+            print(f"warning: {warning}", file=sys.stderr)
         shutil.rmtree(paths.root)
         print(f"removed {paths.root}")
     return 0
@@ -119,7 +123,7 @@ def register(commands: Any) -> None:
     install.set_defaults(func=cmd_install)
     uninstall = actions.add_parser("uninstall", help="stop the service and remove what install wrote")
     uninstall.add_argument("--purge", action="store_true",
-                           help="also delete the settings directory (keys, tokens, logs) after asking")
+                           help="also delete the settings directory and the keys in the OS keychain, after asking")
     uninstall.add_argument("--yes", action="store_true", help="do not ask before --purge")
     uninstall.set_defaults(func=cmd_uninstall)
     status = actions.add_parser("status", help="installed, enabled, running, and the files involved")
