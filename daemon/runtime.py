@@ -88,6 +88,8 @@ class Runtime:
         return self.built.router
 
     def _build(self, config: Config) -> Built:
+        for warning in config.secrets_warnings:  # a keychain that does not answer (never a key)
+            log.warning("keys: %s", warning)
         upstream = config.settings.upstream
         context = AdapterContext(
             pool=self.pool,

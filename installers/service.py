@@ -329,18 +329,21 @@ def status(ctx: Context, paths: Paths, registry: Registry | None = None) -> dict
     files = [name for name in known.files if Path(name).exists()]
     values = [(key, name) for key, name in known.registry if registry is not None and registry.get(key, name)]
     installed = bool(files or values)
-    manager = manifest.manager if manifest else ("systemd" if str(linux.unit_path(ctx)) in files else known.manager)
+    manager = known.manager
     enabled = installed
     running = healthy_url(paths) is not None
-    if ctx.platform == "linux" and str(linux.unit_path(ctx)) in files:
-        manager = "systemd"
-        if ctx.systemd:
-            enabled = run_command(("systemctl", "--user", "is-enabled", linux.UNIT)).stdout.strip() == "enabled"
-            running = run_command(("systemctl", "--user", "is-active", linux.UNIT)).stdout.strip() == "active"
+    if ctx.platform == "linux":
+        unit = str(linux.unit_path(ctx))
+        if unit in files:
+            manager = "systemd"
+            if ctx.systemd:
+                enabled = run_command(("systemctl", "--user", "is-enabled", linux.UNIT)).stdout.strip() == "enabled"
+                running = run_command(("systemctl", "--user", "is-active", linux.UNIT)).stdout.strip() == "active"
+            else:
+                enabled = linux.enable_link(ctx).is_symlink()
         else:
-            enabled = linux.enable_link(ctx).is_symlink()
-    elif ctx.platform == "linux" and manager == "autostart":
-        enabled = str(linux.autostart_path(ctx, linux.DAEMON_DESKTOP)) in files
+            manager = "autostart"
+            enabled = str(linux.autostart_path(ctx, linux.DAEMON_DESKTOP)) in files
     return {
         "installed": installed,
         "enabled": enabled,

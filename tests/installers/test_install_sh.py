@@ -53,8 +53,7 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_install_sh_from_a_checkout_then_uninstall(tmp_path: Path) -> None:
-    source = tmp_path / "source"
-    shutil.copytree(ROOT, source, ignore=NOT_COPIED)
+    shutil.copytree(ROOT, tmp_path / "llmtune-companion", ignore=NOT_COPIED)
     home, runtime, settings = tmp_path / "home", tmp_path / "run", tmp_path / "settings"
     for folder in (home, runtime, settings):
         folder.mkdir(mode=0o700)
@@ -70,10 +69,12 @@ def test_install_sh_from_a_checkout_then_uninstall(tmp_path: Path) -> None:
                CARGO_HOME=str(real_home / ".cargo"))
     venv = home / ".local/share/llmtune-companion-venv"
     try:
-        installed = subprocess.run(["sh", str(SCRIPT), "--method", "venv", str(source)], env=env,
-                                   capture_output=True, text=True, timeout=900, check=False)
+        # As docs/start-at-login.md shows it: a checkout by relative path.
+        installed = subprocess.run(["sh", str(SCRIPT), "--method", "venv", "./llmtune-companion"], env=env,
+                                   cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
         assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
         out = installed.stdout
+        assert f"Installing {tmp_path}/llmtune-companion with venv" in out  # the relative path, made absolute
         assert f"base URL:  http://127.0.0.1:{port}/v1" in out
         assert "run `llmtune-companion token`" in out and "next step: llmtune-companion connect continue" in out
         assert healthz(port)
