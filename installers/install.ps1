@@ -12,7 +12,7 @@ param(
     [switch] $Purge,
     [switch] $Yes,
     [switch] $NoTray,
-    [ValidateSet("", "uv", "pipx", "venv")] [string] $Method = ""
+    [ValidateSet("uv", "pipx", "venv")] [string] $Method = ""
 )
 $ErrorActionPreference = "Stop"
 

@@ -251,8 +251,6 @@ def _run(command: Command, report: Report) -> None:
 
 
 def install(plan: Plan, paths: Paths, registry: Registry | None = None) -> Report:
-    if plan.platform != host_platform():
-        raise ServiceError(f"this is {host_platform()}: --platform {plan.platform} can only be shown (--dry-run)")
     report = Report(warnings=list(plan.warnings))
     changed = False
     for spec in plan.files:

@@ -6,17 +6,20 @@ import argparse
 import importlib.util
 import shutil
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ..config.paths import Paths
 from .common import CLIError
 
+if TYPE_CHECKING:
+    from ..installers.windows import Registry
+
 HEALTH_WAIT = 20.0  # seconds install waits for the new service to answer /healthz
 
 
-def _registry() -> Any:
+def _registry() -> Registry | None:
     from ..installers.windows import system_registry
 
     return system_registry()
@@ -111,7 +114,7 @@ def format_status(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def register(commands: Any) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser("service", help="start the companion at login (install, uninstall, status)")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     install = actions.add_parser("install", help="run the companion in the background now and at every login")
