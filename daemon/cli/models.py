@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from ..config.paths import Paths
-from ..config.settings import DEFAULT_WORKSPACE, ConfigError, load_config
+from ..config.settings import DEFAULT_WORKSPACE, ConfigError, load_config, secrets_status
 from .client import call_daemon, daemon_url
 from .common import CLIError, load_settings
 
@@ -66,6 +66,7 @@ def cmd_status(args: argparse.Namespace, paths: Paths) -> int:
         if config is not None:
             report["workspaces"] = [{"name": ws.name, "has_key": ws.has_key, "key_source": ws.key_source}
                                     for ws in config.workspaces.values()]
+            report["secrets"] = secrets_status(config)
     else:
         report = {"running": True, "url": url,
                   **call_daemon(url, "/companion/v1/status", load_control_token(paths))}
@@ -74,6 +75,14 @@ def cmd_status(args: argparse.Namespace, paths: Paths) -> int:
     else:
         print(_format_status(report))
     return 0 if report["running"] else 3
+
+
+def _describe_keys(secrets: dict[str, Any]) -> str:
+    if secrets["backend"] == "keyring":
+        return f"in the OS keychain ({secrets['keychain']})"
+    if secrets["backend"] == "file":
+        return "in secrets.json (readable by you only)"
+    return "none stored yet (they will go to the OS keychain when one works here, else to secrets.json)"
 
 
 def _format_status(report: dict[str, Any]) -> str:
@@ -85,6 +94,10 @@ def _format_status(report: dict[str, Any]) -> str:
     for ws in report.get("workspaces", []):
         key = f"key from {ws['key_source']}" if ws["has_key"] else "no key"
         lines.append(f"workspace: {ws['name']} ({key})")
+    secrets = report.get("secrets")
+    if secrets:
+        lines.append(f"keys:      {_describe_keys(secrets)}")
+        lines += [f"warning:   {warning}" for warning in secrets.get("warnings", [])]
     for backend in report.get("backends", []):
         where = f", {backend['url']}" if backend.get("url") else ""
         lines.append(f"backend:   {backend['name']} ({backend['type']}{where})")
