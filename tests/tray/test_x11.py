@@ -115,6 +115,8 @@ def desktop(tmp_path: Path) -> Any:
     logs.mkdir()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("DBUS_", "XDG_", "WAYLAND"))}
     env.pop("DISPLAY", None)
+    # Keys stay in secrets.json, as in every other test: a keychain on this session bus would prompt on screen.
+    env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
     env["HOME"] = str(tmp_path / "user")
     env["XDG_RUNTIME_DIR"] = str(tmp_path / "runtime")
     os.makedirs(env["HOME"])
@@ -224,7 +226,8 @@ def popups(desktop: Desktop) -> list[Window]:
 def shows(image: Image.Image, icon: Window, colour: tuple[int, int, int]) -> bool:
     """Whether the icon's disc shows `colour`: enough pixels of it in and around the icon's window."""
     box = (max(0, icon.x - 16), max(0, icon.y - 4), icon.x + icon.width + 16, icon.y + icon.height + 4)
-    pixels = image.crop(box).getdata()
+    raw = image.crop(box).convert("RGB").tobytes()
+    pixels = [tuple(raw[i:i + 3]) for i in range(0, len(raw), 3)]
     return sum(1 for pixel in pixels if all(abs(a - e) <= 24 for a, e in zip(pixel, colour, strict=False))) >= 30
 
 
