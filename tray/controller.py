@@ -292,14 +292,14 @@ class Controller:
         """Read `service status --json` into the Start at login check item."""
         if not self.features.service:
             return
+        import orjson
+
         result = await self.desktop.run_cli("service", "status", "--json")
         enabled: bool | None = None
-        if result.code == 0:
-            import orjson
-
-            with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
-                report = orjson.loads(result.out)
-                enabled = bool(report.get("installed")) and bool(report.get("enabled", True))
+        # Its exit status says whether the service runs (3: not); the JSON says whether it is installed.
+        with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
+            report = orjson.loads(result.out)
+            enabled = bool(report.get("installed")) and bool(report.get("enabled", True))
         self.features = detect(start_at_login=enabled)
         await self._set(self.state)
 

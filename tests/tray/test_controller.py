@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from llmtune_companion.tray.model import Action, IconState, Item, TrayState
 
 from tests.conftest import Daemon, StandIn, StartDaemon
@@ -213,3 +214,18 @@ async def test_open_dashboard_opens_a_one_time_login_link(daemon: Daemon, tray: 
     assert url.startswith(daemon.url + "/dashboard/login?code=")
     async with aiohttp.ClientSession() as session, session.get(url, allow_redirects=False) as response:
         assert response.status in (302, 303)  # the code logs the browser in, once
+
+
+async def test_start_at_login_follows_service_status(daemon: Daemon, tray: Tray, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmtune_companion.tray.features import detect
+
+    for name in ("HOME", "XDG_CONFIG_HOME"):  # a user with nothing installed, whatever this machine has
+        monkeypatch.setenv(name, str(tmp_path / "user"))
+
+    tray.controller.features = detect()
+    assert tray.controller.features.service  # the installers are installed
+    await tray.controller.refresh_start_at_login()
+    assert tray.desktop.commands == [("service", "status", "--json")]
+    item = find(tray.controller.snapshot().menu, "Start at login")
+    assert item.checked is False and item.action == Action("toggle_start_at_login")  # not installed here
