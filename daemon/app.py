@@ -11,6 +11,7 @@ from aiohttp import web
 
 from . import control, llm_api, platform, proxy
 from .adapters.http1 import ConnectionPool
+from .egress import scrub_response
 from .keys import CONTROL_TOKEN, RUNTIME
 from .paths import Paths
 from .reload import watch_settings
@@ -66,6 +67,7 @@ def create_app(paths: Paths, config: Config | None = None, *, watch: bool = True
         await session.close()
 
     app.on_response_prepare.append(add_cors_headers)
+    app.on_response_prepare.append(scrub_response)
     app.cleanup_ctx.append(runtime_ctx)
     if watch:
         app.cleanup_ctx.append(watch_settings)

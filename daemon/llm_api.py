@@ -27,7 +27,7 @@ from .llm_translate import (
     to_openai_request,
     upstream_error_message,
 )
-from .proxy import BACKEND_HEADER, ERROR_BODY_LIMIT, log_request, parse_object, read_body, scrub
+from .proxy import BACKEND_HEADER, ERROR_BODY_LIMIT, log_request, parse_object, read_body
 from .routing import Route
 from .runtime import Runtime
 from .settings import Workspace
@@ -77,13 +77,13 @@ async def send(prepared: Prepared, *, stream: bool) -> Forwarded:
     return await forward(prepared.runtime, prepared.route, upstream, prepared.workspace)
 
 
-async def upstream_failure(response: BackendResponse, forwarded: Forwarded, workspace: Workspace) -> CompanionError:
+async def upstream_failure(response: BackendResponse, forwarded: Forwarded) -> CompanionError:
     """An upstream's HTTP error as our error shape, with its status (and Retry-After)."""
     try:
         body = await response.read(ERROR_BODY_LIMIT)
     except UpstreamBroken:
         body = b""
-    message, details = upstream_error_message(scrub(body, workspace), response.status)
+    message, details = upstream_error_message(body, response.status)
     details["backend"] = forwarded.backend
     headers = {BACKEND_HEADER: forwarded.backend}
     if "Retry-After" in response.headers:
@@ -98,7 +98,7 @@ async def completions(request: web.Request) -> web.Response:
     response = forwarded.response
     try:
         if response.status >= 400:
-            raise await upstream_failure(response, forwarded, prepared.workspace)
+            raise await upstream_failure(response, forwarded)
         try:
             parsed = orjson.loads(await response.read())
         except (orjson.JSONDecodeError, UpstreamBroken) as exc:
@@ -123,7 +123,7 @@ async def completions_stream(request: web.Request) -> web.StreamResponse:
     try:
         if upstream.status >= 400:
             # Nothing was sent yet: the client gets a plain error response with the upstream's status.
-            raise await upstream_failure(upstream, forwarded, prepared.workspace)
+            raise await upstream_failure(upstream, forwarded)
         out = web.StreamResponse(status=200, headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
             BACKEND_HEADER: forwarded.backend,

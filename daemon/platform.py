@@ -78,7 +78,7 @@ async def relay_platform(
     forwarded = await _forward(runtime, upstream, workspace, retry=idempotent or method == "GET")
     status = forwarded.response.status
     try:
-        response = await send_response(request, forwarded, workspace)
+        response = await send_response(request, forwarded)
     finally:
         if runtime.config.settings.server.log_requests:
             log.info("%s %r backend=%s status=%s %.1fms", request.method, request.raw_path, forwarded.backend,

@@ -14,7 +14,6 @@ from .agent import MODE_HEADER, AgentLoop, RunnerHost, choose_mode
 from .errors import CompanionError, sse_error_event
 from .forwarding import Forwarded, forward, with_model
 from .keys import RUNTIME, WORKSPACE
-from .settings import Workspace
 
 log = logging.getLogger("llmtune_companion.requests")
 
@@ -24,7 +23,7 @@ FALLBACK_HEADER = "X-Companion-Fallback-From"
 FORWARDED_REQUEST_HEADERS = ("Idempotency-Key", "OpenAI-Beta")
 # A whole non-streamed body up to this size is read and sent in one piece (cheapest for small JSON).
 WHOLE_BODY_LIMIT = 1024 * 1024
-# Longest error body read from an upstream (to scrub the key out of it).
+# Longest error body read from an upstream (read whole, so egress.py can scrub the key out of it).
 ERROR_BODY_LIMIT = 1024 * 1024
 
 
@@ -56,13 +55,6 @@ def parse_object(body: bytes) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise CompanionError(400, "request body must be a JSON object", "invalid_json")
     return payload
-
-
-def scrub(body: bytes, workspace: Workspace) -> bytes:
-    """An upstream error may quote the key it was sent; it must not reach the client."""
-    if workspace.api_key and workspace.api_key.encode() in body:
-        return body.replace(workspace.api_key.encode(), b"[redacted]")
-    return body
 
 
 async def relay(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
@@ -101,7 +93,7 @@ async def relay(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     )
     forwarded = await forward(runtime, route, upstream_request, workspace)
     try:
-        response = await send_response(request, forwarded, workspace)
+        response = await send_response(request, forwarded)
     finally:
         log_request(request, model, forwarded, started)
     return response
@@ -116,7 +108,7 @@ def log_request(request: web.Request, model: str, forwarded: Forwarded, started:
                                 f"backend={forwarded.backend} status={forwarded.response.status} {elapsed:.1f}ms")
 
 
-async def send_response(request: web.Request, forwarded: Forwarded, workspace: Workspace) -> web.StreamResponse:
+async def send_response(request: web.Request, forwarded: Forwarded) -> web.StreamResponse:
     upstream = forwarded.response
     headers = dict(upstream.headers)
     headers[BACKEND_HEADER] = forwarded.backend
@@ -133,7 +125,7 @@ async def send_response(request: web.Request, forwarded: Forwarded, workspace: W
         finally:
             await upstream.aclose()
         headers.pop("Content-Length", None)
-        return web.Response(status=upstream.status, body=scrub(body, workspace) if is_error else body,
+        return web.Response(status=upstream.status, body=body,
                             headers=headers)
     return await stream_response(request, forwarded, headers, is_sse)
 

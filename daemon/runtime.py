@@ -17,6 +17,7 @@ import orjson
 
 from .adapters import BACKEND_TYPES, AdapterContext, Backend, BackendRequest
 from .adapters.http1 import ConnectionPool
+from .egress import known_secrets
 from .logs import RequestLog
 from .model_cache import CachedList, ModelList, ModelListCache
 from .paths import Paths
@@ -46,6 +47,8 @@ class Built:
     router: Router
     tokens: tuple[tuple[bytes, Workspace], ...]
     tool_runners: dict[str, ToolRunner]
+    # Every key this config knows: scrubbed from whatever leaves the daemon (egress.py).
+    secrets: tuple[str, ...] = ()
 
 
 class Runtime:
@@ -88,12 +91,14 @@ class Runtime:
             read_timeout=upstream.read_timeout,
         )
         backends: dict[str, Backend] = {}
+        secrets: list[str | None] = [ws.api_key for ws in config.workspaces.values()]
         if config.settings.hosted.enabled:
             backends[HOSTED_BACKEND] = BACKEND_TYPES["llmtune"](HOSTED_BACKEND, context, url=config.hosted_url)
         for name, spec in config.backends.items():
             key = None
             if spec.api_key_env:
                 key = os.environ.get(spec.api_key_env)
+                secrets.append(key)
             extra: dict[str, Any] = {"region": spec.region} if spec.type == "bedrock" else {}
             backends[name] = BACKEND_TYPES[spec.type](name, context, url=spec.url, api_key=key, models=spec.models,
                                                       **extra)
@@ -103,7 +108,7 @@ class Runtime:
             for ws in config.workspaces.values()
             if ws.settings.root is not None
         }
-        return Built(config, backends, Router(config.settings, backends), tokens, runners)
+        return Built(config, backends, Router(config.settings, backends), tokens, runners, known_secrets(secrets))
 
     def _tool_runner(self, workspace: Workspace) -> ToolRunner:
         assert workspace.settings.root is not None
