@@ -13,8 +13,8 @@ import orjson
 from aiohttp import web
 
 from .app import create_app, runner_options
-from .paths import Paths, write_private
-from .settings import Config, is_loopback_host
+from .config.paths import Paths, write_private
+from .config.settings import Config, is_loopback_host
 
 
 class PortBusy(Exception):
