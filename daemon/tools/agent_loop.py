@@ -29,7 +29,6 @@ from ..runtime import Runtime
 from ..upstream.forwarding import forward
 from ..upstream.routing import Route
 from . import ToolRunner
-from .definitions import ToolArgumentError, parse_call
 
 log = logging.getLogger(__name__)
 
@@ -362,29 +361,10 @@ class RunnerHost:
         return self.runner.definitions()
 
     async def execute(self, workspace: Workspace, call: ToolCall) -> str:
-        wire = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
-        result = await self.runner.run(workspace.name, wire)
+        result = await self.runner.run(workspace.name, _wire_calls([call])[0])
         return result.content
 
     async def authorize(self, workspace: Workspace, call: ToolCall) -> ToolVerdict:
         """Gate mode: the IDE runs the call, so only the decision is made here, never the call."""
-        runner = self.runner
-        try:
-            parsed = parse_call(call.name, call.arguments, call.id)
-        except ToolArgumentError as exc:
-            return ToolVerdict(False, str(exc), "arguments")
-        verdict = runner.policy.evaluate(parsed, runner.sandbox)
-        if verdict.action == "allow":
-            return ToolVerdict(True, verdict.reason, "policy")
-        if verdict.action == "deny":
-            return ToolVerdict(False, verdict.reason, verdict.source)
-        if runner.broker is None:
-            return ToolVerdict(False, "it needs approval and no one can be asked", "policy")
-        preview = await runner.executor.preview(parsed)
-        decision = await runner.broker.request(workspace.name, parsed, preview, timeout=runner.approval_timeout)
-        if decision.allow and decision.remember:
-            rule = runner.policy.remember(parsed, runner.sandbox)
-            if rule and runner.on_remember is not None:
-                runner.on_remember(workspace.name, rule)
-        reason = decision.reason or ("no one approved it in time" if decision.timed_out else "the user denied it")
-        return ToolVerdict(decision.allow, reason, decision.by)
+        auth = await self.runner.gate(workspace.name, _wire_calls([call])[0])
+        return ToolVerdict(auth.allowed, auth.reason or "", auth.by)
