@@ -8,6 +8,8 @@ from .base import (
     BackendUnavailable,
     BytesResponse,
     Endpoint,
+    PoolTimeout,
+    ShuttingDown,
     UpstreamBroken,
 )
 from .bedrock import BedrockBackend
@@ -35,5 +37,7 @@ __all__ = [
     "Endpoint",
     "LLMTuneBackend",
     "OpenAIBackend",
+    "PoolTimeout",
+    "ShuttingDown",
     "UpstreamBroken",
 ]

@@ -43,8 +43,20 @@ class BackendUnavailable(Exception):
         self.timeout = timeout
 
 
+class PoolTimeout(BackendUnavailable):
+    """Every connection to the backend stayed in use for `upstream.pool_timeout`: nothing was sent."""
+
+
 class UpstreamBroken(Exception):
     """The body broke off after the status was sent: the connection died or went silent."""
+
+    code = "upstream_broken"  # the error code a client is told (as an SSE error event, in a stream)
+
+
+class ShuttingDown(UpstreamBroken):
+    """The daemon ended the exchange: its shutdown grace ran out."""
+
+    code = "shutting_down"
 
 
 class BackendResponse(abc.ABC):

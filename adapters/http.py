@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 
-from .base import AdapterContext, BackendResponse, BackendUnavailable
+from .base import AdapterContext, BackendResponse, BackendUnavailable, UpstreamBroken
 from .http1 import Connection
 
 # Upstream response headers worth passing to the client; hop-by-hop and length headers are ours.
@@ -80,7 +80,9 @@ async def send(
             first_byte_timeout=context.first_byte_timeout, read_timeout=context.read_timeout,
         )
     except BackendUnavailable as exc:
-        raise BackendUnavailable(f"{what} {exc}", timeout=exc.timeout) from None
+        raise type(exc)(f"{what} {exc}", timeout=exc.timeout) from None
+    except UpstreamBroken as exc:  # the headers came, and something malformed with them
+        raise UpstreamBroken(f"{what}: {exc}") from None
     except ValueError as exc:  # a header with a line break, a URL that is not http(s)
         raise BackendUnavailable(f"{what}: cannot send the request ({exc})") from None
     return HTTPResponse(conn)

@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 def make_pool(config: Config) -> ConnectionPool:
     """The backends' upstream connections (the relay's hot path; see adapters/http1.py)."""
-    return ConnectionPool(limit=config.settings.upstream.pool_size, keepalive=60.0)
+    upstream = config.settings.upstream
+    return ConnectionPool(limit=upstream.pool_size, keepalive=60.0, max_header_bytes=upstream.max_header_bytes,
+                          pool_timeout=upstream.pool_timeout)
 
 
 def make_session(config: Config) -> aiohttp.ClientSession:

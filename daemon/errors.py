@@ -28,6 +28,14 @@ ERROR_TYPES: dict[int, str] = {
     504: "upstream_timeout",
 }
 
+# Our code for an error answered by status alone (aiohttp's parser, an unhandled exception).
+ERROR_CODES: dict[int, str] = {
+    400: "bad_request",
+    413: "body_too_large",
+    431: "headers_too_large",
+    500: "internal_error",
+}
+
 
 def error_body(status: int, message: str, code: str, details: dict[str, Any] | None = None) -> bytes:
     return orjson.dumps(

@@ -57,6 +57,8 @@ class Runtime:
         self.session = session
         self.pool = pool
         self.started_at = time.time()
+        self.in_flight = 0  # requests inside the guard: a graceful shutdown waits for them
+        self.drained: asyncio.Event | None = None  # set by the guard when the last one ends, once draining
         self.config_error: str | None = None
         self.reloads = 0
         self.model_cache = ModelListCache(paths.cache_dir, config.settings.cache.models_ttl)
@@ -129,6 +131,10 @@ class Runtime:
         from .config.workspaces import remember_allow_rule
 
         remember_allow_rule(self.paths, workspace, rule)
+
+    def abort_upstreams(self, reason: str) -> None:
+        """End every upstream exchange in progress (shutdown's bound); relays report `reason`."""
+        self.pool.abort(reason)
 
     def tool_runner(self, workspace: str) -> ToolRunner | None:
         return self.built.tool_runners.get(workspace)

@@ -154,7 +154,7 @@ async def stream_response(
             log.warning("stream from backend %r broke off: %s", forwarded.backend, exc)
             if not is_sse:
                 raise  # the connection is dropped: a truncated JSON body must not look complete
-            await out.write(sse_error_event(f"{exc}; the answer is incomplete", "upstream_broken"))
+            await out.write(sse_error_event(f"{exc}; the answer is incomplete", exc.code))
             await out.write(b"data: [DONE]\n\n")
         if not ended:
             await out.write_eof()

@@ -290,7 +290,7 @@ class AgentLoop:
                     if text:
                         await client.chunk({"content": text})
             except UpstreamBroken as exc:
-                await client.raw(sse_error_event(f"{exc}; the answer is incomplete", "upstream_broken"))
+                await client.raw(sse_error_event(f"{exc}; the answer is incomplete", exc.code))
                 return await client.close()
             _add_usage(self.usage, turn.usage)
             return None

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import orjson
 
-from ..adapters import Backend, BackendRequest, BackendResponse, BackendUnavailable
+from ..adapters import Backend, BackendRequest, BackendResponse, BackendUnavailable, PoolTimeout, UpstreamBroken
 from ..config.settings import UpstreamSettings, Workspace
 from ..errors import CompanionError
 from ..runtime import Runtime
@@ -88,9 +88,13 @@ async def forward(
         else:
             try:
                 response, retries = await send_with_retries(backend, request, policy)
+            except PoolTimeout as exc:
+                failure = CompanionError(503, str(exc), "upstream_pool_timeout", {"backend": backend.name})
             except BackendUnavailable as exc:
                 code = "upstream_timeout" if exc.timeout else "upstream_unreachable"
                 failure = CompanionError(504 if exc.timeout else 502, str(exc), code, {"backend": backend.name})
+            except UpstreamBroken as exc:
+                failure = CompanionError(502, str(exc), "upstream_broken", {"backend": backend.name})
             else:
                 bad = response.status >= 500 or response.status == 402
                 if not (bad and route.fallback and fallback_from is None):
