@@ -104,7 +104,8 @@ def log_text(paths: Paths) -> str:
 
 
 @pytest.mark.parametrize("request_bytes", [
-    pytest.param(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n", id="20KB-header"),
+    pytest.param(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+                 id="20KB-header"),
     pytest.param(b"GET /v1/models?" + b"q" * 100_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", id="100KB-url"),
     pytest.param(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(5000))
                  + b"\r\n", id="5000-headers"),
@@ -199,7 +200,8 @@ async def test_ids_placed_in_an_upstream_path_are_checked(
     daemon = await serve_daemon(env={"LLMTUNE_BASE_URL": standin.url})
     before = len(standin.api.requests)
     async with aiohttp.ClientSession() as http, http.request(
-        method, yarl.URL(daemon.url + path, encoded=True), headers=daemon.auth(), json={"prompt": "hi"} if method == "POST" else None,
+        method, yarl.URL(daemon.url + path, encoded=True), headers=daemon.auth(),
+        json={"prompt": "hi"} if method == "POST" else None,
     ) as r:
         assert_our_error(r.status, await r.read(), 400)
     assert len(standin.api.requests) == before, "the request reached the hosted API"
