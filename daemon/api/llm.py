@@ -85,7 +85,7 @@ async def upstream_failure(response: BackendResponse, forwarded: Forwarded) -> C
         body = b""
     message, details = upstream_error_message(body, response.status)
     details["backend"] = forwarded.backend
-    headers = {BACKEND_HEADER: forwarded.backend}
+    headers = {BACKEND_HEADER: forwarded.backend, **forwarded.client_headers()}
     if "Retry-After" in response.headers:
         headers["Retry-After"] = response.headers["Retry-After"]
     return CompanionError(response.status, message, "upstream_error", details, headers)

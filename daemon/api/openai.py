@@ -112,6 +112,8 @@ async def send_response(request: web.Request, forwarded: Forwarded) -> web.Strea
     upstream = forwarded.response
     headers = dict(upstream.headers)
     headers[BACKEND_HEADER] = forwarded.backend
+    if forwarded.retries:
+        headers.update(forwarded.client_headers())
     if forwarded.fallback_from:
         headers[FALLBACK_HEADER] = forwarded.fallback_from
     is_sse = upstream.content_type == "text/event-stream"

@@ -273,7 +273,7 @@ class AgentLoop:
                                                      "upstream_error", response.status))
                     return await client.close()
                 headers_out = {"Content-Type": response.headers.get("Content-Type", "application/json"),
-                               "X-Companion-Backend": forwarded.backend}
+                               "X-Companion-Backend": forwarded.backend, **forwarded.client_headers()}
                 if "Retry-After" in response.headers:
                     headers_out["Retry-After"] = response.headers["Retry-After"]
                 return web.Response(status=response.status, body=body, headers=headers_out)

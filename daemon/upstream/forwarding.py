@@ -22,12 +22,24 @@ from .routing import Route
 log = logging.getLogger(__name__)
 
 
+# The OpenAI SDKs retry a 5xx or 429 unless the answer says not to; after our own retries they must not
+# (3 SDK tries x 3 of ours = 9 upstream calls for one failed turn).
+SHOULD_RETRY_HEADER = "x-should-retry"
+
+
 @dataclass(slots=True)
 class Forwarded:
     response: BackendResponse
     backend: str
     fallback_from: str | None = None
     retries: int = 0
+
+    def client_headers(self) -> dict[str, str]:
+        """Headers of ours for the client's answer: `x-should-retry: false` once we retried a failure."""
+        status = self.response.status
+        if self.retries and (status >= 500 or status == 429):
+            return {SHOULD_RETRY_HEADER: "false"}
+        return {}
 
 
 def retry_after_seconds(value: str | None) -> float | None:
