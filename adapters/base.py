@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from .http1 import ConnectionPool
+    from .session import Slots
 
 # What the client asked for; each backend maps these onto its own paths.
 # "platform" is any other hosted API path (fine-tune, batch ...), given in BackendRequest.path.
@@ -121,12 +124,17 @@ class BytesResponse(BackendResponse):
 
 @dataclass(frozen=True, slots=True)
 class AdapterContext:
-    """What every backend shares: the upstream connection pool and the timeouts."""
+    """One backend's upstream connections and timeouts: its own pool, so a slow backend starves no other.
+
+    `pool` (the relay's lean client) serves loopback URLs; `session` with `slots` serves the rest.
+    """
 
     pool: ConnectionPool
     connect_timeout: float = 10.0
     first_byte_timeout: float = 300.0
     read_timeout: float = 120.0
+    session: aiohttp.ClientSession | None = None
+    slots: Slots | None = None
 
 
 class Backend(abc.ABC):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import ipaddress
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,6 +44,17 @@ class Target:
     tls: bool
     path: str  # path and query, as sent on the request line
     host_header: str
+    loopback: bool = False  # this machine: the relay's own client serves it (see session.py for the rest)
+
+
+def is_loopback(host: str) -> bool:
+    name = host.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 @functools.lru_cache(maxsize=128)
@@ -53,7 +65,7 @@ def target_of(url: str) -> Target:
         raise ValueError(f"not an http(s) URL with a host: {url!r}")
     host, port = parsed.raw_host, parsed.port
     return Target((parsed.scheme, host, port), host, port, parsed.scheme == "https", parsed.raw_path_qs or "/",
-                  parsed.host_port_subcomponent or host)
+                  parsed.host_port_subcomponent or host, is_loopback(host))
 
 
 def request_head(method: str, target: Target, headers: Mapping[str, str], body: bytes | None) -> bytes:

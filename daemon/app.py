@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def make_pool(config: Config) -> ConnectionPool:
-    """The backends' upstream connections (the relay's hot path; see adapters/http1.py)."""
+    """One backend's loopback connections as the daemon sets them up (upstream/connections.py)."""
     upstream = config.settings.upstream
     return ConnectionPool(limit=upstream.pool_size, keepalive=60.0, max_header_bytes=upstream.max_header_bytes,
                           pool_timeout=upstream.pool_timeout)
@@ -59,13 +59,10 @@ def create_app(paths: Paths, config: Config | None = None, *, watch: bool = True
 
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         session = make_session(config)
-        pool = make_pool(config)
-        runtime = Runtime(paths, config, session, pool)
+        runtime = Runtime(paths, config, session)
         app[RUNTIME] = runtime
         yield
-        runtime.request_log.flush()
-        await runtime.model_cache.aclose()
-        await pool.aclose()
+        await runtime.aclose()
         await session.close()
 
     app.on_response_prepare.append(add_cors_headers)

@@ -15,8 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .adapters import BACKEND_TYPES, AdapterContext, Backend, BackendRequest
-from .adapters.http1 import ConnectionPool
+from .adapters import BACKEND_TYPES, Backend, BackendRequest
 from .api.egress import known_secrets
 from .config.paths import Paths
 from .config.settings import ECHO_BACKEND, HOSTED_BACKEND, Config, ConfigError, Workspace, load_config
@@ -26,6 +25,7 @@ from .tools.approvals import ApprovalBroker
 from .tools.audit import AuditLog
 from .tools.journal import Journal
 from .tools.policy import Policy
+from .upstream.connections import Upstreams
 from .upstream.model_cache import CachedList, ModelList, ModelListCache
 from .upstream.routing import Router
 
@@ -52,10 +52,10 @@ class Built:
 
 
 class Runtime:
-    def __init__(self, paths: Paths, config: Config, session: aiohttp.ClientSession, pool: ConnectionPool) -> None:
+    def __init__(self, paths: Paths, config: Config, session: aiohttp.ClientSession) -> None:
         self.paths = paths
-        self.session = session
-        self.pool = pool
+        self.session = session  # the daemon's own calls (job webhooks), not the relay's
+        self.upstreams = Upstreams(config.settings.upstream)
         self.started_at = time.time()
         self.in_flight = 0  # requests inside the guard: a graceful shutdown waits for them
         self.drained: asyncio.Event | None = None  # set by the guard when the last one ends, once draining
@@ -86,22 +86,18 @@ class Runtime:
 
     def _build(self, config: Config) -> Built:
         upstream = config.settings.upstream
-        context = AdapterContext(
-            pool=self.pool,
-            connect_timeout=upstream.connect_timeout,
-            first_byte_timeout=upstream.first_byte_timeout,
-            read_timeout=upstream.read_timeout,
-        )
         backends: dict[str, Backend] = {}
         secrets: list[str | None] = [ws.api_key for ws in config.workspaces.values()]
         if config.settings.hosted.enabled:
-            backends[HOSTED_BACKEND] = BACKEND_TYPES["llmtune"](HOSTED_BACKEND, context, url=config.hosted_url)
+            backends[HOSTED_BACKEND] = BACKEND_TYPES["llmtune"](
+                HOSTED_BACKEND, self.upstreams.context(HOSTED_BACKEND, upstream), url=config.hosted_url)
         for name, spec in config.backends.items():
             key = None
             if spec.api_key_env:
                 key = os.environ.get(spec.api_key_env)
                 secrets.append(key)
             extra: dict[str, Any] = {"region": spec.region} if spec.type == "bedrock" else {}
+            context = self.upstreams.context(name, upstream)
             backends[name] = BACKEND_TYPES[spec.type](name, context, url=spec.url, api_key=key, models=spec.models,
                                                       **extra)
         tokens = tuple((ws.token.encode(), ws) for ws in config.workspaces.values())
@@ -134,7 +130,12 @@ class Runtime:
 
     def abort_upstreams(self, reason: str) -> None:
         """End every upstream exchange in progress (shutdown's bound); relays report `reason`."""
-        self.pool.abort(reason)
+        self.upstreams.abort(reason)
+
+    async def aclose(self) -> None:
+        self.request_log.flush()
+        await self.model_cache.aclose()
+        await self.upstreams.aclose()
 
     def tool_runner(self, workspace: str) -> ToolRunner | None:
         return self.built.tool_runners.get(workspace)
