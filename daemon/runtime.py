@@ -57,6 +57,7 @@ class Runtime:
         self.session = session  # the daemon's own calls (job webhooks), not the relay's
         self.upstreams = Upstreams(config.settings.upstream)
         self.started_at = time.time()
+        self.hosted_degraded = False  # a request fell back from the hosted API (hosted.fallback was published)
         self.in_flight = 0  # requests inside the guard: a graceful shutdown waits for them
         self.drained: asyncio.Event | None = None  # set by the guard when the last one ends, once draining
         self.config_error: str | None = None

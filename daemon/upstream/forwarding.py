@@ -110,6 +110,8 @@ async def forward(
             else:
                 bad = response.status >= 500 or response.status == 402
                 if not (bad and route.fallback and fallback_from is None):
+                    if backend.kind == "llmtune" and not bad:
+                        hosted_answered(runtime)
                     return Forwarded(response, backend.name, fallback_from, retries)
                 await response.aclose()
                 log.warning("backend %r answered %d; falling back to %r", backend.name, response.status,
@@ -121,9 +123,30 @@ async def forward(
         if failure is not None:
             log.warning("%s; falling back to %r", failure.message, route.fallback)
         fallback_from = route.backend
+        if backend is not None and backend.kind == "llmtune":
+            error = failure.code if failure is not None else ("insufficient_quota" if response.status == 402
+                                                              else "upstream_error")
+            hosted_fell_back(runtime, backend.name, route.fallback, error)
         target = runtime.router.resolve(route.fallback)
         route = replace(target, fallback=None)
         request = with_model(request, route.model)
+
+
+# Events on the control API's stream (the tray shows them): the hosted API failed and a request fell
+# back, or it answers again after that.
+HOSTED_FALLBACK = "hosted.fallback"
+HOSTED_RECOVERED = "hosted.recovered"
+
+
+def hosted_fell_back(runtime: Runtime, backend: str, fallback: str, error: str) -> None:
+    runtime.hosted_degraded = True
+    runtime.approvals.publish({"type": HOSTED_FALLBACK, "backend": backend, "fallback": fallback, "error": error})
+
+
+def hosted_answered(runtime: Runtime) -> None:
+    if runtime.hosted_degraded:
+        runtime.hosted_degraded = False
+        runtime.approvals.publish({"type": HOSTED_RECOVERED, "backend": "llmtune"})
 
 
 def with_model(request: BackendRequest, model: str) -> BackendRequest:

@@ -354,3 +354,34 @@ async def test_the_routing_api_and_gate_mode_say_it_too(
                          json={"model": HOSTED, "messages": HELLO}) as response:
         assert response.status == 503
         assert response.headers["x-should-retry"] == "false"
+
+
+async def read_events(response: aiohttp.ClientResponse, wanted: int) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    async with asyncio.timeout(WAIT):
+        while len(events) < wanted:
+            line = await response.content.readline()
+            if line.startswith(b"data: "):
+                event = orjson.loads(line[6:])
+                if event["type"].startswith("hosted."):
+                    events.append(event)
+    return events
+
+
+async def test_fallback_and_recovery_are_published_on_the_event_stream(
+    standin: StandIn, start_daemon: StartDaemon, http: aiohttp.ClientSession
+) -> None:
+    daemon = await start_daemon(config=FALLBACK, env={"LLMTUNE_BASE_URL": standin.url})
+    async with http.get(daemon.url + "/companion/v1/events", headers=daemon.auth(daemon.control_token)) as events:
+        assert await events.content.readline() == b": connected\n"
+        standin.api.fail_next(500, times=3)
+        client = daemon.openai()
+        await client.chat.completions.create(model=HOSTED, messages=HELLO)  # falls back to echo
+        await client.chat.completions.create(model=HOSTED, messages=HELLO)  # the hosted API answers again
+        await client.chat.completions.create(model=HOSTED, messages=HELLO)  # healthy: no second event
+        fallback, recovered = await read_events(events, 2)
+    assert fallback["type"] == "hosted.fallback"
+    assert {k: fallback[k] for k in ("backend", "fallback", "error")} == {
+        "backend": "llmtune", "fallback": "echo", "error": "upstream_error"}
+    assert recovered["type"] == "hosted.recovered" and recovered["backend"] == "llmtune"
+    assert isinstance(fallback["time"], float)
