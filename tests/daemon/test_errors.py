@@ -239,3 +239,81 @@ async def test_a_broken_upstream_answer_is_a_502_upstream_broken(serve_daemon: S
             assert_our_error(r.status, await r.read(), 502, "upstream_broken")
     finally:
         server.close()
+
+
+# -- fuzz: a corpus of malformed requests to every endpoint --------------------------------------
+
+BAD_BODIES: list[bytes] = [
+    b"", b"null", b"[]", b"{", b'"text"', b"5", b"\xff\xfe\x00", b"[" * 5000 + b"]" * 5000,
+    *(orjson.dumps(body) for body in (
+        {"model": 5}, {"model": ""}, {"model": None}, {"model": "echo", "messages": "hi"},
+        {"model": "echo", "messages": [5]}, {"model": "echo", "messages": [{}]},
+        {"model": "echo", "messages": [{"role": "user", "content": {"a": 1}}], "stream": True},
+        {"model": "echo", "messages": HELLO, "tools": "x"}, {"model": "echo", "messages": HELLO, "tools": [5]},
+        {"model": "echo", "messages": HELLO, "tool_choice": {"function": 5}},
+        {"model": "echo", "prompt": {"a": 1}}, {"model": "echo", "input": 5}, {"model": "echo", "input": [{}]},
+        {"model": "echo/../../x", "messages": HELLO}, {"model": "a\nb", "messages": HELLO},
+        {"decision": 5}, {"decision": "maybe"}, {"id": "../x"}, {"id": 5}, {"workspace": 5},
+        {"tools": "loose"}, {"model": "echo", "messages": HELLO, "max_tokens": "many", "stream": "yes"},
+    )),
+]
+BAD_PATH_VALUES = ["x", "..", "%2e%2e", "a%00b", "a%0d%0aSet-Cookie:x", "%ff", "a" * 3000]
+
+
+def fuzz_routes(home: Paths) -> list[tuple[str, str]]:
+    from llmtune_companion.app import create_app
+
+    app = create_app(home, watch=False)
+    routes = set()
+    for route in app.router.routes():
+        if route.method in ("HEAD", "OPTIONS", "*"):
+            continue
+        if route.resource is not None and route.resource.canonical == "/companion/v1/events":
+            continue  # an endless event stream by design
+        info = route.resource.get_info() if route.resource is not None else {}
+        template = info.get("formatter") or info.get("path")
+        if template:
+            routes.add((route.method, str(template)))
+    return sorted(routes)
+
+
+def fill(template: str, value: str) -> str:
+    import re
+
+    return re.sub(r"\{[^}]+\}", value, template)
+
+
+async def test_fuzz_every_endpoint_answers_4xx_json_and_keeps_serving(
+    home: Paths, serve_daemon: ServeDaemon
+) -> None:
+    daemon = await serve_daemon(config="[hosted]\nenabled = false\n")
+    control = (home.root / "control-token").read_text().strip()
+    routes = fuzz_routes(home)
+    assert len(routes) >= 15, routes
+    failures: list[str] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        for method, template in routes:
+            token = control if template.startswith("/companion/") else daemon.token
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            values = BAD_PATH_VALUES if "{" in template else ["x"]
+            for value in values:
+                url = yarl.URL(daemon.url + fill(template, value), encoded=True)
+                for body in (BAD_BODIES if method == "POST" else [b""]):
+                    async with http.request(method, url, data=body or None, headers=headers) as response:
+                        raw = await response.read()
+                        status = response.status
+                    where = f"{method} {template} [{value[:20]}] {body[:40]!r}"
+                    if status >= 500:
+                        failures.append(f"{where}: HTTP {status} {raw[:120]!r}")
+                    elif status >= 400:
+                        try:
+                            error = orjson.loads(raw)["error"]
+                            assert set(error) == {"message", "type", "code", "details"}
+                        except Exception:
+                            failures.append(f"{where}: not our error shape: {raw[:120]!r}")
+                    elif status < 200:
+                        failures.append(f"{where}: HTTP {status}")
+            async with http.get(daemon.url + "/healthz") as alive:
+                assert alive.status == 200, f"the daemon stopped serving after {method} {template}"
+    assert not failures, "\n".join(failures[:30])
+    assert "Traceback" not in log_text(daemon.paths)
