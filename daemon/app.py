@@ -17,6 +17,7 @@ from .appkeys import CONTROL_TOKEN, RUNTIME
 from .config.paths import Paths
 from .config.reload import watch_settings
 from .config.settings import Config, load_config
+from .dashboard import routes as dashboard
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def create_app(paths: Paths, config: Config | None = None, *, watch: bool = True
         session = make_session(config)
         runtime = Runtime(paths, config, session)
         app[RUNTIME] = runtime
+        await runtime.history.open()
         yield
         await runtime.aclose()
         await session.close()
@@ -74,6 +76,7 @@ def create_app(paths: Paths, config: Config | None = None, *, watch: bool = True
     platform.add_routes(app)
     control.add_routes(app)
     llm.add_routes(app)
+    dashboard.add_routes(app)
     return app
 
 

@@ -33,6 +33,8 @@ class Forwarded:
     backend: str
     fallback_from: str | None = None
     retries: int = 0
+    # (prompt, completion) tokens when the answer reported usage; set while it is relayed.
+    usage: tuple[int | None, int | None] = (None, None)
 
     def client_headers(self) -> dict[str, str]:
         """Headers of ours for the client's answer: `x-should-retry: false` once we retried a failure."""
@@ -90,7 +92,7 @@ async def forward(
         failure: CompanionError | None = None
         if backend is None:
             failure = CompanionError(404, f"backend {route.backend!r} is not configured", "backend_not_found")
-        elif backend.kind == "llmtune" and not request.api_key:
+        elif backend.injects_workspace_key and not request.api_key:
             failure = CompanionError(
                 401,
                 f"workspace {workspace.name!r} has no LLMTune key: run `llmtune-companion workspace add "
@@ -147,6 +149,17 @@ def hosted_answered(runtime: Runtime) -> None:
     if runtime.hosted_degraded:
         runtime.hosted_degraded = False
         runtime.approvals.publish({"type": HOSTED_RECOVERED, "backend": "llmtune"})
+
+
+async def require_listed(runtime: Runtime, route: Route, model: str, workspace: Workspace, listing: str) -> None:
+    """A `backend/model` id must be in that backend's list (when the list is known); `listing` is the
+    endpoint the 404 points the client to."""
+    backend = runtime.backends.get(route.backend)
+    if backend is None or not route.prefixed:
+        return
+    if await runtime.model_is_listed(backend, route.model, workspace) is False:
+        raise CompanionError(404, f"model {model!r} not found on backend {route.backend!r}; "
+                                  f"GET {listing} lists what is served", "model_not_found", {"model": model})
 
 
 def with_model(request: BackendRequest, model: str) -> BackendRequest:
