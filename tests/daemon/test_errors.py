@@ -301,10 +301,12 @@ async def test_fuzz_every_endpoint_answers_4xx_json_and_keeps_serving(
                 for body in (BAD_BODIES if method == "POST" else [b""]):
                     async with http.request(method, url, data=body or None, headers=headers) as response:
                         raw = await response.read()
-                        status = response.status
+                        status, content_type = response.status, response.content_type
                     where = f"{method} {template} [{value[:20]}] {body[:40]!r}"
                     if status >= 500:
                         failures.append(f"{where}: HTTP {status} {raw[:120]!r}")
+                    elif status >= 400 and template.startswith("/dashboard/") and content_type == "text/html":
+                        pass  # a browser page's own error page (the dashboard's login link)
                     elif status >= 400:
                         try:
                             error = orjson.loads(raw)["error"]
