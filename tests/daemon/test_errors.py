@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -98,9 +99,11 @@ def assert_our_error(status: int, body: bytes, expected_status: int, code: str |
 
 
 def log_text(paths: Paths) -> str:
+    """The daemon's own and aiohttp's log records (asyncio's may come from other tests' leftovers)."""
     for handler in logging.getLogger("llmtune_companion").handlers:
         handler.flush()
-    return paths.log_file.read_text(encoding="utf-8")
+    records = re.split(r"\n(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ )", paths.log_file.read_text(encoding="utf-8"))
+    return "\n".join(record for record in records if " asyncio: " not in record.split("\n", 1)[0])
 
 
 @pytest.mark.parametrize("request_bytes", [
@@ -278,8 +281,6 @@ def fuzz_routes(home: Paths) -> list[tuple[str, str]]:
 
 
 def fill(template: str, value: str) -> str:
-    import re
-
     return re.sub(r"\{[^}]+\}", value, template)
 
 
