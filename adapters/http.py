@@ -77,7 +77,7 @@ async def send(
     body: bytes | None = None,
     headers: Mapping[str, str],
     what: str,
-) -> HTTPResponse:
+) -> BackendResponse:
     """Open one upstream request and return once its status and headers have arrived."""
     if context.session is not None and context.slots is not None:
         try:

@@ -94,8 +94,9 @@ class SessionResponse(BackendResponse):
 
     async def aclose(self) -> None:
         self._response.release()
-        if self._slots is not None:
-            self._slots, slots = None, self._slots
+        slots = self._slots
+        if slots is not None:  # released once, however often aclose is called
+            self._slots = None
             slots.release()
 
 
