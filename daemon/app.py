@@ -63,6 +63,7 @@ def create_app(paths: Paths, config: Config | None = None, *, watch: bool = True
         runtime = Runtime(paths, config, session)
         app[RUNTIME] = runtime
         await runtime.history.open()
+        runtime.detect_in_background()
         yield
         await runtime.aclose()
         await session.close()

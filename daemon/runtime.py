@@ -15,10 +15,17 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .adapters import BACKEND_TYPES, Backend, BackendRequest, LLMTuneBackend
+from .adapters import BACKEND_TYPES, Backend, BackendRequest, BackendSettings, LLMTuneBackend
 from .api.egress import known_secrets
 from .config.paths import Paths
-from .config.settings import ECHO_BACKEND, HOSTED_BACKEND, Config, ConfigError, Workspace, load_config
+from .config.settings import (
+    ECHO_BACKEND,
+    HOSTED_BACKEND,
+    Config,
+    ConfigError,
+    Workspace,
+    load_config,
+)
 from .history import HISTORY_FILE, History
 from .logs import RequestLog
 from .tools import ToolRunner
@@ -26,6 +33,7 @@ from .tools.approvals import ApprovalBroker
 from .tools.audit import AuditLog
 from .tools.journal import Journal
 from .tools.policy import Policy
+from .upstream.autodetect import Autodetector, wanted
 from .upstream.connections import Upstreams
 from .upstream.model_cache import CachedList, ModelList, ModelListCache
 from .upstream.routing import Router
@@ -72,6 +80,8 @@ class Runtime:
         self.approvals = ApprovalBroker(timeout=config.settings.tools.approval_timeout)
         self.journal = Journal.for_paths(paths)
         self.audit = AuditLog.for_paths(paths)
+        # Local servers found on their well-known ports; what it finds outlives reloads.
+        self.autodetect = Autodetector(session, self._detected_changed)
         self.built = self._build(config)
         self._listing_memo: dict[str, tuple[tuple[Any, ...], bytes]] = {}
 
@@ -100,6 +110,9 @@ class Runtime:
             backends[name] = BACKEND_TYPES[spec.type].from_settings(name, self.upstreams.context(name, upstream), spec)
             if spec.api_key_env:
                 secrets.append(os.environ.get(spec.api_key_env))
+        for name, url in self._detected(config).items():
+            found = BackendSettings(type="openai", url=url)
+            backends[name] = BACKEND_TYPES["openai"].from_settings(name, self.upstreams.context(name, upstream), found)
         tokens = tuple((ws.token.encode(), ws) for ws in config.workspaces.values())
         runners = {
             ws.name: self._tool_runner(ws)
@@ -107,6 +120,34 @@ class Runtime:
             if ws.settings.root is not None
         }
         return Built(config, backends, Router(config.settings, backends), tokens, runners, known_secrets(secrets))
+
+    def _detected(self, config: Config) -> dict[str, str]:
+        if not config.settings.autodetect.enabled:
+            return {}
+        return wanted(self.autodetect.found, config.backends)
+
+    def _detected_changed(self) -> None:
+        self.built = self._build(self.config)
+        self._listing_memo.clear()
+
+    def detect_in_background(self, *, older_than: float = 0.0) -> None:
+        """Probe for local servers without waiting (at start, and when model lists are refreshed)."""
+        settings = self.config.settings
+        self.autodetect.kick(settings.autodetect, older_than=older_than, skip_port=settings.server.port)
+
+    async def detect_local_servers(self) -> None:
+        """Probe for local servers and wait for the answer (for the command line, never for a request)."""
+        self.detect_in_background()
+        await self.autodetect.wait()
+
+    async def aclose(self) -> None:
+        """Stop the background work and close the connections this runtime owns (a second call does
+        nothing more)."""
+        self.request_log.flush()
+        await self.autodetect.aclose()
+        await self.history.aclose()
+        await self.model_cache.aclose()
+        await self.upstreams.aclose()
 
     def _tool_runner(self, workspace: Workspace) -> ToolRunner:
         assert workspace.settings.root is not None
@@ -132,11 +173,6 @@ class Runtime:
         """End every upstream exchange in progress (shutdown's bound); relays report `reason`."""
         self.upstreams.abort(reason)
 
-    async def aclose(self) -> None:
-        self.request_log.flush()
-        await self.history.aclose()
-        await self.model_cache.aclose()
-        await self.upstreams.aclose()
 
     def tool_runner(self, workspace: str) -> ToolRunner | None:
         return self.built.tool_runners.get(workspace)
@@ -150,6 +186,7 @@ class Runtime:
             log.error("config reload failed, keeping the last good settings: %s", exc)
             return False
         self.built = self._build(config)
+        self.detect_in_background()  # the ports to probe may have changed
         self.model_cache.ttl = config.settings.cache.models_ttl
         self.approvals.timeout = config.settings.tools.approval_timeout
         self.history.store_content = config.settings.history.store_content
@@ -214,6 +251,8 @@ class Runtime:
 
     async def list_models(self, workspace: Workspace, *, refresh: bool = False) -> ModelList:
         """Every model this workspace can use, under the ids clients send back."""
+        # A refresh of the lists is also when new local servers are looked for (never waited for here).
+        self.detect_in_background(older_than=0.0 if refresh else self.model_cache.ttl)
         merged: ModelList = []
         for backend, listed in await self._all_lists(workspace, refresh):
             if listed is None:
@@ -286,6 +325,7 @@ class Runtime:
             ],
             "backends": [backend.describe() for backend in self.backends.values()],
             "model_cache": self.model_cache.status(),
+            "autodetect": self.autodetect.status(config.settings.autodetect, self._detected(config)),
         }
 
 

@@ -10,10 +10,10 @@ import sys
 
 from .. import __version__
 from ..config.paths import Paths
-from . import dashboard, jobs, models, serve, tools, workspace
+from . import connect, dashboard, jobs, models, serve, tools, workspace
 from .common import CLIError
 
-COMMANDS = (serve, workspace, models, tools, jobs, dashboard)
+COMMANDS = (serve, workspace, models, tools, jobs, dashboard, connect)
 
 
 def build_parser() -> argparse.ArgumentParser:

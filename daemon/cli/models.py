@@ -25,6 +25,7 @@ async def _models_in_process(paths: Paths, workspace_name: str, refresh: bool) -
     async with make_session(config) as session:
         runtime = Runtime(paths, config, session)
         try:
+            await runtime.detect_local_servers()
             return await runtime.list_models(workspace, refresh=refresh)
         finally:
             await runtime.aclose()
@@ -87,6 +88,12 @@ def _format_status(report: dict[str, Any]) -> str:
     for backend in report.get("backends", []):
         where = f", {backend['url']}" if backend.get("url") else ""
         lines.append(f"backend:   {backend['name']} ({backend['type']}{where})")
+    detect = report.get("autodetect") or {}
+    for found in detect.get("found", []):
+        used = "" if found.get("backend") else " (not used: a configured backend has its name or URL)"
+        lines.append(f"detected:  {found['name']} at {found['url']}{used}")
+    if detect and not detect.get("enabled"):
+        lines.append("detected:  off ([autodetect] enabled = false)")
     for row in report.get("model_cache", []):
         state = "STALE" if row["stale"] else "fresh"
         extra = f", last error: {row['error']}" if row.get("error") else ""
