@@ -15,15 +15,15 @@ from .common import CLIError, load_settings
 
 
 async def _models_in_process(paths: Paths, workspace_name: str, refresh: bool) -> list[dict[str, Any]]:
-    from ..app import make_pool, make_session
+    from ..app import make_session
     from ..runtime import Runtime
 
     config = load_settings(paths)
     workspace = config.workspaces.get(workspace_name)
     if workspace is None:
         raise CLIError(f"no workspace named {workspace_name!r}")
-    async with make_session(config) as session, make_pool(config) as pool:
-        runtime = Runtime(paths, config, session, pool)
+    async with make_session(config) as session:
+        runtime = Runtime(paths, config, session)
         try:
             await runtime.detect_local_servers()
             return await runtime.list_models(workspace, refresh=refresh)
