@@ -41,6 +41,8 @@ from .upstream.routing import Router
 
 log = logging.getLogger(__name__)
 
+SETTINGS_RELOADED = "settings.reloaded"
+
 
 class UpstreamStatusError(Exception):
     def __init__(self, backend: str, status: int) -> None:
@@ -187,6 +189,7 @@ class Runtime:
         except ConfigError as exc:
             self.config_error = str(exc)
             log.error("config reload failed, keeping the last good settings: %s", exc)
+            self.approvals.publish({"type": SETTINGS_RELOADED, "valid": False, "error": self.config_error})
             return False
         self.built = self._build(config)
         self.detect_in_background()  # the ports to probe may have changed
@@ -197,6 +200,8 @@ class Runtime:
         self.config_error = None
         self.reloads += 1
         log.info("settings reloaded (%d workspaces, backends: %s)", len(config.workspaces), ", ".join(self.backends))
+        # The tray and the dashboard re-read the status on this instead of polling it.
+        self.approvals.publish({"type": SETTINGS_RELOADED, "valid": True, "error": None})
         return True
 
     def authenticate(self, token: str) -> Workspace | None:
@@ -323,7 +328,8 @@ class Runtime:
             "config": {"file": str(self.paths.config_file), "valid": self.config_error is None,
                        "error": self.config_error, "reloads": self.reloads},
             "workspaces": [
-                {"name": ws.name, "has_key": ws.has_key, "key_source": ws.key_source}
+                {"name": ws.name, "has_key": ws.has_key, "key_source": ws.key_source,
+                 "tools": ws.settings.tools, "root": ws.settings.root}
                 for ws in config.workspaces.values()
             ],
             "secrets": secrets_status(config),

@@ -17,6 +17,8 @@ from aiohttp import web
 
 from ..appkeys import RUNTIME
 from ..config.paths import Paths, write_private
+from ..config.settings import ConfigError
+from ..config.workspaces import set_workspace
 from ..errors import CompanionError
 from ..tools.journal import UndoError
 
@@ -189,6 +191,34 @@ async def undo(request: web.Request) -> web.Response:
     return _json({"undone": entry.to_dict()})
 
 
+TOOL_MODES = ("passthrough", "gate", "execute")
+
+
+async def set_workspace_tools(request: web.Request) -> web.Response:
+    """Change a workspace's tool mode: written to config.toml (comments kept), then reloaded at once."""
+    runtime = request.app[RUNTIME]
+    name = request.match_info["name"]
+    body = await _json_body(request)
+    unknown = sorted(set(body) - {"tools"})
+    if unknown:
+        raise CompanionError(400, f"unknown field(s) {', '.join(map(repr, unknown))} (expected 'tools')",
+                             "invalid_body")
+    tools = body.get("tools")
+    if tools not in TOOL_MODES:
+        raise CompanionError(400, "'tools' must be \"passthrough\", \"gate\" or \"execute\"", "invalid_body")
+    if name not in runtime.config.workspaces:
+        raise CompanionError(404, f"no workspace named {name!r}", "workspace_not_found")
+    try:
+        set_workspace(runtime.paths, name, tools=tools)
+    except ConfigError as exc:
+        # A mode the workspace cannot have (gate/execute without a root), or a config.toml already broken.
+        raise CompanionError(409, str(exc), "invalid_settings") from None
+    if not runtime.reload():
+        raise CompanionError(409, f"saved, but the settings do not load: {runtime.config_error}", "invalid_settings")
+    workspace = runtime.config.workspaces[name]
+    return _json({"workspace": name, "tools": workspace.settings.tools, "root": workspace.settings.root})
+
+
 async def _close_approvals(app: web.Application) -> None:
     """On shutdown: deny what is pending and end every event stream, so no handler hangs."""
     runtime = app.get(RUNTIME)
@@ -205,4 +235,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/companion/v1/events", events)
     app.router.add_get("/companion/v1/undo", list_undo)
     app.router.add_post("/companion/v1/undo", undo)
+    app.router.add_post("/companion/v1/workspaces/{name}", set_workspace_tools)
     app.on_shutdown.append(_close_approvals)

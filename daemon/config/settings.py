@@ -165,6 +165,23 @@ class JobsSettings(_Strict):
         return self
 
 
+class TraySettings(_Strict):
+    """`[tray]`: which desktop notifications the tray shows."""
+
+    # A tool call waiting for approval (tool, target, workspace).
+    notify_approvals: bool = True
+    # Fine-tune jobs: training completed or failed, model deployed.
+    notify_jobs: bool = True
+    # The hosted API falling back to another model, and coming back.
+    notify_hosted: bool = True
+    # The daemon stopping without being asked to.
+    notify_daemon: bool = True
+
+    def allows(self, kind: str) -> bool:
+        """Whether notifications of `kind` ("approvals", "jobs", "hosted", "daemon") are on."""
+        return bool(getattr(self, f"notify_{kind}", True))
+
+
 # Where local OpenAI-compatible servers listen by default; each found one becomes a backend of that name.
 DetectedServer = Literal["ollama", "lmstudio", "llamacpp", "vllm"]
 AUTODETECT_PORTS: dict[DetectedServer, int] = {"ollama": 11434, "lmstudio": 1234, "llamacpp": 8080, "vllm": 8000}
@@ -224,6 +241,7 @@ class Settings(_Strict):
     tools: ToolsSettings = ToolsSettings()
     jobs: JobsSettings = JobsSettings()
     llm_api: LlmApiSettings = LlmApiSettings()
+    tray: TraySettings = TraySettings()
     history: HistorySettings = HistorySettings()
     autodetect: AutodetectSettings = AutodetectSettings()
     tunnel: TunnelSettings = TunnelSettings()

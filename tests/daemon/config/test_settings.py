@@ -413,3 +413,22 @@ def test_strict_types_still_take_toml_arrays_and_integer_seconds(home: Paths) ->
     settings = load_config(home).settings
     assert settings.server.allowed_hosts == ("mybox.lan",)
     assert settings.upstream.read_timeout == 30.0
+
+
+def test_tray_notifications_default_on_and_can_be_turned_off(home: Paths) -> None:
+    assert read_settings(home.config_file).tray.allows("approvals")
+    write_config(home, "[tray]\nnotify_approvals = false\nnotify_hosted = false\n")
+    tray = read_settings(home.config_file).tray
+    assert (tray.allows("approvals"), tray.allows("hosted"), tray.allows("jobs"), tray.allows("daemon")) == (
+        False, False, True, True)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("[tray]\nnotify_jobs = \"no\"\n", "tray.notify_jobs: Input should be a valid boolean"),
+    ("[tray]\nnotify_everything = false\n", "tray.notify_everything: unknown key (expected one of: notify_approvals"),
+])
+def test_bad_tray_settings_name_the_field(home: Paths, text: str, expected: str) -> None:
+    write_config(home, text)
+    with pytest.raises(ConfigError) as error:
+        read_settings(home.config_file)
+    assert expected in str(error.value)
