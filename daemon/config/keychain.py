@@ -91,6 +91,9 @@ def open_keychain(paths: Paths) -> Keychain | None:
         backend = _limited(keyring.get_keyring, "start")
     except KeychainError:
         return None
+    # With several keychains viable (the Secret Service over D-Bus and libsecret through PyGObject),
+    # keyring answers with a chainer; the first of its parts (highest priority) is the one it writes to.
+    backend = (getattr(backend, "backends", None) or [backend])[0]
     if not _is_keychain(backend):
         return None
     keychain = Keychain(service_name(paths), backend, getattr(backend, "name", type(backend).__name__))
