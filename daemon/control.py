@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import time
 from typing import Any
@@ -16,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from .errors import CompanionError
-from .keys import RUNTIME
+from .keys import RUNTIME, SHUTDOWN
 from .paths import Paths, write_private
 from .tools.journal import UndoError
 
@@ -47,6 +48,20 @@ async def reload(request: web.Request) -> web.Response:
     ok = runtime.reload()
     return web.Response(body=orjson.dumps({"reloaded": ok, "error": runtime.config_error}),
                         content_type="application/json", status=200 if ok else 422)
+
+
+# How long after answering 202 the stop begins, so the answer reaches the caller first.
+SHUTDOWN_DELAY_SECONDS = 0.05
+
+
+async def shutdown(request: web.Request) -> web.Response:
+    """Stop the daemon gracefully, the same way SIGTERM does (what `llmtune-companion stop` calls)."""
+    stop = request.app.get(SHUTDOWN)
+    if stop is None:
+        raise CompanionError(409, "this daemon was not started by `llmtune-companion serve` and cannot stop "
+                                  "itself; stop the program that runs it", "shutdown_unavailable")
+    asyncio.get_running_loop().call_later(SHUTDOWN_DELAY_SECONDS, stop)
+    return _json({"stopping": True, "pid": os.getpid()}, status=202)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -200,6 +215,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/companion/v1/status", status)
     app.router.add_post("/companion/v1/reload", reload)
+    app.router.add_post("/companion/v1/shutdown", shutdown)
     app.router.add_get("/companion/v1/approvals", list_approvals)
     app.router.add_post("/companion/v1/approvals/{id}", resolve_approval)
     app.router.add_get("/companion/v1/events", events)

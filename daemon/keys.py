@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -14,5 +15,7 @@ if TYPE_CHECKING:
 RUNTIME = web.AppKey["Runtime"]("runtime")
 JOBS = web.AppKey["JobTracker"]("jobs")
 CONTROL_TOKEN = web.AppKey[str]("control_token")
+# Set by `serve`: stops the daemon gracefully (what SIGTERM does); absent when the app runs elsewhere (tests).
+SHUTDOWN = web.AppKey[Callable[[], None]]("shutdown")
 WORKSPACE = web.RequestKey["Workspace"]("workspace")
 CORS_ORIGIN = web.RequestKey[str]("cors_origin")  # an allowed foreign Origin, answered with CORS headers

@@ -30,6 +30,20 @@ from .tools.policy import Policy
 
 log = logging.getLogger(__name__)
 
+# Settings read once at start (the listening socket, the connection pool): a reload cannot apply them.
+RESTART_SETTINGS = (("server", "host"), ("server", "port"), ("upstream", "pool_size"))
+
+
+def settings_needing_restart(running: Config, edited: Config) -> list[str]:
+    """`section.name: old -> new` for each start-only setting the edit changed."""
+    changed = []
+    for section, name in RESTART_SETTINGS:
+        old = getattr(getattr(running.settings, section), name)
+        new = getattr(getattr(edited.settings, section), name)
+        if old != new:
+            changed.append(f"{section}.{name}: {old} -> {new}")
+    return changed
+
 
 class UpstreamStatusError(Exception):
     def __init__(self, backend: str, status: int) -> None:
@@ -55,6 +69,9 @@ class Runtime:
         self.pool = pool
         self.started_at = time.time()
         self.config_error: str | None = None
+        self.started_config = config
+        # Start-only settings edited since the start, applied by a restart only (shown by status).
+        self.restart_needed: list[str] = []
         self.reloads = 0
         self.model_cache = ModelListCache(paths.cache_dir, config.settings.cache.models_ttl)
         self.request_log = RequestLog(logging.getLogger("llmtune_companion.requests"))
@@ -143,6 +160,10 @@ class Runtime:
         self.config_error = None
         self.reloads += 1
         log.info("settings reloaded (%d workspaces, backends: %s)", len(config.workspaces), ", ".join(self.backends))
+        self.restart_needed = settings_needing_restart(self.started_config, config)
+        if self.restart_needed:
+            log.warning("%s changed; these apply only after a restart: run `llmtune-companion restart`",
+                        "; ".join(self.restart_needed))
         return True
 
     def authenticate(self, token: str) -> Workspace | None:
@@ -265,7 +286,8 @@ class Runtime:
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "settings_dir": str(self.paths.root),
             "config": {"file": str(self.paths.config_file), "valid": self.config_error is None,
-                       "error": self.config_error, "reloads": self.reloads},
+                       "error": self.config_error, "reloads": self.reloads,
+                       "restart_needed": self.restart_needed},
             "workspaces": [
                 {"name": ws.name, "has_key": ws.has_key, "key_source": ws.key_source}
                 for ws in config.workspaces.values()

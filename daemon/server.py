@@ -13,20 +13,16 @@ import orjson
 from aiohttp import web
 
 from .app import create_app, runner_options
+from .instance import AlreadyRunning, InstanceLock, read_daemon_file
+from .keys import SHUTDOWN
 from .paths import Paths, write_private
 from .settings import Config, is_loopback_host
+
+__all__ = ["AlreadyRunning", "PortBusy", "read_daemon_file", "run", "serve"]
 
 
 class PortBusy(Exception):
     pass
-
-
-def read_daemon_file(paths: Paths) -> dict[str, object] | None:
-    try:
-        data = orjson.loads(paths.daemon_file.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def display_url(host: str, port: int) -> str:
@@ -44,7 +40,9 @@ async def serve(
 ) -> None:
     if not is_loopback_host(host):
         raise ValueError(f"refusing to listen on {host}: the companion serves loopback only")
+    stop = stop or asyncio.Event()
     app = create_app(paths, config)
+    app[SHUTDOWN] = stop.set  # POST /companion/v1/shutdown stops the daemon the way SIGTERM does
     runner = web.AppRunner(app, **runner_options())
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
@@ -59,7 +57,6 @@ async def serve(
     url = display_url(host, bound)
     write_private(paths.daemon_file, orjson.dumps({"pid": os.getpid(), "url": url, "host": host, "port": bound,
                                                     "started_at": time.time()}))
-    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -78,6 +75,9 @@ async def serve(
 
 
 def run(paths: Paths, config: Config, host: str, port: int, ready: Callable[[str], None]) -> int:
+    # Before anything is bound or written: a second daemon on this directory leaves the first's files alone.
+    lock = InstanceLock(paths)
+    lock.acquire()
     coroutine = serve(paths, config, host, port, ready=ready)
     try:
         try:
@@ -88,4 +88,6 @@ def run(paths: Paths, config: Config, host: str, port: int, ready: Callable[[str
             uvloop.run(coroutine)
     except KeyboardInterrupt:
         return 0
+    finally:
+        lock.release()
     return 0
