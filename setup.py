@@ -13,6 +13,7 @@ MAPPING = {
     "llmtune_companion": "daemon",
     "llmtune_companion.adapters": "adapters",
     "llmtune_companion.tray": "tray",
+    "llmtune_companion.installers": "installers",
 }
 
 

@@ -9,14 +9,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from . import control, llm_api, platform, proxy
 from .adapters.http1 import ConnectionPool
-from .keys import CONTROL_TOKEN, RUNTIME
-from .paths import Paths
-from .reload import watch_settings
+from .api import control, llm, openai, platform
+from .api.guard import add_cors_headers, guard
+from .appkeys import CONTROL_TOKEN, RUNTIME
+from .config.paths import Paths
+from .config.reload import watch_settings
+from .config.settings import Config, load_config
 from .runtime import Runtime
-from .security import add_cors_headers, guard
-from .settings import Config, load_config
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,10 @@ def create_app(paths: Paths, config: Config | None = None, *, watch: bool = True
     app.cleanup_ctx.append(runtime_ctx)
     if watch:
         app.cleanup_ctx.append(watch_settings)
-    proxy.add_routes(app)
+    openai.add_routes(app)
     platform.add_routes(app)
     control.add_routes(app)
-    llm_api.add_routes(app)
+    llm.add_routes(app)
     return app
 
 

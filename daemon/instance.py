@@ -12,7 +12,7 @@ from typing import IO
 
 import orjson
 
-from .paths import Paths
+from .config.paths import Paths
 
 
 def read_daemon_file(paths: Paths) -> dict[str, object] | None:

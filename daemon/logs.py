@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from .paths import Paths
+from .config.paths import Paths
 
 # LLMTune keys (sk_...), local tokens (lct_...) and bearer headers, wherever they would appear.
 # Every match contains one of SECRET_HINTS (compared lower-cased): extend both together.

@@ -17,16 +17,16 @@ import orjson
 
 from .adapters import BACKEND_TYPES, AdapterContext, Backend, BackendRequest
 from .adapters.http1 import ConnectionPool
+from .config.paths import Paths
+from .config.settings import ECHO_BACKEND, HOSTED_BACKEND, Config, ConfigError, Workspace, load_config
 from .logs import RequestLog
-from .model_cache import CachedList, ModelList, ModelListCache
-from .paths import Paths
-from .routing import Router
-from .settings import ECHO_BACKEND, HOSTED_BACKEND, Config, ConfigError, Workspace, load_config
 from .tools import ToolRunner
 from .tools.approvals import ApprovalBroker
 from .tools.audit import AuditLog
 from .tools.journal import Journal
 from .tools.policy import Policy
+from .upstream.model_cache import CachedList, ModelList, ModelListCache
+from .upstream.routing import Router
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class Runtime:
 
     def _remember_rule(self, workspace: str, rule: str) -> None:
         """An "allow and remember" becomes an allow rule in config.toml, so it survives reloads."""
-        from .workspaces import remember_allow_rule
+        from .config.workspaces import remember_allow_rule
 
         remember_allow_rule(self.paths, workspace, rule)
 

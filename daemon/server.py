@@ -13,10 +13,10 @@ import orjson
 from aiohttp import web
 
 from .app import create_app, runner_options
+from .appkeys import SHUTDOWN
+from .config.paths import Paths, write_private
+from .config.settings import Config, is_loopback_host
 from .instance import AlreadyRunning, InstanceLock, read_daemon_file
-from .keys import SHUTDOWN
-from .paths import Paths, write_private
-from .settings import Config, is_loopback_host
 
 __all__ = ["AlreadyRunning", "PortBusy", "read_daemon_file", "run", "serve"]
 

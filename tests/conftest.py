@@ -18,11 +18,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from llmtune_companion.app import create_app
-from llmtune_companion.keys import CONTROL_TOKEN, RUNTIME
-from llmtune_companion.paths import HOME_ENV, Paths
+from llmtune_companion.appkeys import CONTROL_TOKEN, RUNTIME
+from llmtune_companion.config.paths import HOME_ENV, Paths
+from llmtune_companion.config.settings import ENV_API_KEY, ENV_BASE_URL, ENV_LOCAL_URL
+from llmtune_companion.config.workspaces import add_workspace
 from llmtune_companion.runtime import Runtime
-from llmtune_companion.settings import ENV_API_KEY, ENV_BASE_URL, ENV_LOCAL_URL
-from llmtune_companion.workspaces import add_workspace
 
 from tests.support.hosted_standin import HostedStandIn
 
@@ -122,7 +122,7 @@ def start_daemon(home: Paths, aiohttp_server: Any, monkeypatch: pytest.MonkeyPat
             add_workspace(home, "default", key)
         app = create_app(home, watch=watch)
         server = await aiohttp_server(app, access_log=None)
-        from llmtune_companion.settings import load_config
+        from llmtune_companion.config.settings import load_config
 
         token = load_config(home).workspaces["default"].token
         return Daemon(server, app, home, token)

@@ -11,7 +11,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # Where each code folder lives inside the installed package (setup.py's mapping).
-LAYOUT = {"": "daemon", "adapters": "adapters", "tray": "tray"}
+LAYOUT = {"": "daemon", "adapters": "adapters", "tray": "tray", "installers": "installers"}
+# Every folder of Python code in the repository, linted as it is.
+LINTED = ["daemon", "adapters", "tray", "installers", "benchmarks", "tests", "setup.py"]
 
 
 def installed_layout(target: Path) -> Path:
@@ -22,13 +24,14 @@ def installed_layout(target: Path) -> Path:
         if not source.is_dir():
             continue
         shutil.copytree(source, package / sub if sub else package, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "adapters", "tray") if not sub else
+                        ignore=shutil.ignore_patterns("__pycache__", *(f for f in LAYOUT.values() if f != "daemon"))
+                        if not sub else
                         shutil.ignore_patterns("__pycache__"))
     return package
 
 
 def test_ruff_is_clean() -> None:
-    result = subprocess.run([sys.executable, "-m", "ruff", "check", "daemon", "adapters", "tests", "setup.py"],
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", *(p for p in LINTED if (ROOT / p).exists())],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 

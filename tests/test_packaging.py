@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 # Source folder -> where its files sit inside the wheel (setup.py's mapping).
-LAYOUT = {"daemon": "llmtune_companion", "adapters": "llmtune_companion/adapters", "tray": "llmtune_companion/tray"}
+LAYOUT = {"daemon": "llmtune_companion", "adapters": "llmtune_companion/adapters", "tray": "llmtune_companion/tray",
+          "installers": "llmtune_companion/installers"}
 NOT_COPIED = shutil.ignore_patterns(".git", "__pycache__", "*.py[cod]", "*.egg-info", "build", "dist", ".venv",
                                     ".pytest_cache", ".mypy_cache", ".ruff_cache")
 IMPORT_ALL = """
@@ -87,7 +88,8 @@ def test_wheel_builds_installs_and_imports(tmp_path: Path) -> None:
     missing = expected_files() - names
     assert not missing, f"left out of the wheel: {sorted(missing)}"
     assert "llmtune_companion/py.typed" in names
-    assert not any(name.startswith(("tests/", "daemon/", "adapters/", "tray/")) for name in names)
+    source_folders = ("tests/", "daemon/", "adapters/", "tray/", "installers/", "benchmarks/")
+    assert not any(name.startswith(source_folders) for name in names)
     assert "llmtune-companion = llmtune_companion.cli:main" in entry_points
 
     venv = tmp_path / "venv"

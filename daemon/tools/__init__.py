@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from ..paths import Paths
+from ..config.paths import Paths
 from .approvals import APPROVAL_PENDING, APPROVAL_RESOLVED, TOOL_EXECUTED, ApprovalBroker, Decision, Subscription
 from .audit import AuditLog, audit_file, scrub, summarise_arguments
 from .definitions import (

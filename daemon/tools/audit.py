@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
+from ..config.paths import Paths
 from ..logs import redact
-from ..paths import Paths
 
 AUDIT_FILE_NAME = "tools-audit.jsonl"
 ARGUMENT_LIMIT = 200

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from ..paths import Paths, write_private
+from ..config.paths import Paths, write_private
 from .sandbox import O_NONBLOCK, ResolvedPath, Sandbox, SandboxError
 
 UNDO_DIR_NAME = "undo"

@@ -429,7 +429,7 @@ async def test_daemon_unsupported_endpoints_and_unreachable(start_daemon: StartD
 
 
 def test_settings_for_bedrock() -> None:
-    from llmtune_companion.settings import BackendSettings
+    from llmtune_companion.config.settings import BackendSettings
     from pydantic import ValidationError
 
     spec = BackendSettings(type="bedrock", region="eu-west-1", models=(MODEL,))

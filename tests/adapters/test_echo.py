@@ -10,8 +10,8 @@ import orjson
 import pytest
 from llmtune_companion.adapters import AdapterContext, BackendRequest, BackendResponse, EchoBackend, Endpoint
 from llmtune_companion.app import make_pool
-from llmtune_companion.paths import Paths
-from llmtune_companion.settings import load_config
+from llmtune_companion.config.paths import Paths
+from llmtune_companion.config.settings import load_config
 from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 

@@ -24,8 +24,8 @@ from llmtune_companion.adapters import (
 from llmtune_companion.adapters.http1 import ConnectionPool
 from llmtune_companion.adapters.llmtune import agent_models_to_openai
 from llmtune_companion.app import make_pool
-from llmtune_companion.paths import Paths
-from llmtune_companion.settings import load_config
+from llmtune_companion.config.paths import Paths
+from llmtune_companion.config.settings import load_config
 
 from tests.conftest import WORKSPACE_KEY, StandIn
 from tests.support.hosted_standin import RecordedRequest

@@ -27,8 +27,8 @@ from llmtune_companion.adapters import (
 )
 from llmtune_companion.adapters.http1 import ConnectionPool
 from llmtune_companion.app import make_pool
-from llmtune_companion.paths import Paths
-from llmtune_companion.settings import load_config
+from llmtune_companion.config.paths import Paths
+from llmtune_companion.config.settings import load_config
 
 from tests.conftest import WORKSPACE_KEY, closed_port
 from tests.support.hosted_standin import HostedStandIn

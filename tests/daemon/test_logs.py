@@ -8,9 +8,9 @@ from collections.abc import Iterable, Iterator
 
 import pytest
 from llmtune_companion import logs
-from llmtune_companion.control import load_control_token
-from llmtune_companion.paths import Paths
-from llmtune_companion.settings import load_config, new_token
+from llmtune_companion.api.control import load_control_token
+from llmtune_companion.config.paths import Paths
+from llmtune_companion.config.settings import load_config, new_token
 
 from tests.conftest import WORKSPACE_KEY
 

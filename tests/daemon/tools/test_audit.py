@@ -4,7 +4,7 @@ import stat
 from pathlib import Path
 
 import orjson
-from llmtune_companion.paths import Paths
+from llmtune_companion.config.paths import Paths
 from llmtune_companion.tools import AuditLog, audit_file
 from llmtune_companion.tools.audit import scrub
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from llmtune_companion.paths import Paths
+from llmtune_companion.config.paths import Paths
 from llmtune_companion.tools import Executor, Journal, Sandbox, ToolLimits, UndoError
 from llmtune_companion.tools.journal import undo_dir
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
-from llmtune_companion.paths import Paths
+from llmtune_companion.config.paths import Paths
 from llmtune_companion.tools import (
     TOOL_NAMES,
     ApprovalBroker,

@@ -1,0 +1,1 @@
+"""The companion's benchmark: `python -m benchmarks [--quick] [--json PATH]` (see docs/benchmark.md)."""

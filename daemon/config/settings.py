@@ -1,0 +1,380 @@
+"""config.toml, the secrets file and the environment, validated into one immutable `Config`.
+
+config.toml holds what a person edits (server, backends, routes, workspaces); secrets.json (mode
+0600) holds LLMTune keys and local tokens, so config.toml can be shared or committed safely.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import secrets
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..tools.executor import ToolLimits
+from ..tools.policy import ToolPolicySettings
+from .paths import Paths, write_private
+
+DEFAULT_PORT = 8742
+DEFAULT_HOSTED_URL = "https://api.llmtune.io"
+DEFAULT_WORKSPACE = "default"
+HOSTED_BACKEND = "llmtune"
+ECHO_BACKEND = "echo"
+TOKEN_PREFIX = "lct_"  # noqa: S105 (a prefix, not a secret)
+
+ENV_API_KEY = "LLMTUNE_API_KEY"
+ENV_BASE_URL = "LLMTUNE_BASE_URL"
+ENV_LOCAL_URL = "LLMTUNE_LOCAL_URL"
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class _Strict(BaseModel):
+    # A misspelt key is an error, not silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    log_requests: bool = True
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_only(cls, value: str) -> str:
+        if not is_loopback_host(value):
+            raise ValueError("the companion binds loopback only (127.0.0.1, ::1 or localhost)")
+        return value
+
+
+class UpstreamSettings(_Strict):
+    connect_timeout: float = Field(10.0, gt=0)
+    # A local GPU can take minutes to process a long prompt before the first token.
+    first_byte_timeout: float = Field(300.0, gt=0)
+    # Longest silence tolerated between two chunks of a response.
+    read_timeout: float = Field(120.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    # A 429 whose Retry-After is longer than this is passed to the client instead of waited out.
+    retry_max_wait: float = Field(8.0, ge=0)
+    backoff_base: float = Field(0.25, ge=0)
+    pool_size: int = Field(100, ge=1)
+
+
+class CacheSettings(_Strict):
+    models_ttl: float = Field(300.0, ge=0)
+
+
+class HostedSettings(_Strict):
+    base_url: str = DEFAULT_HOSTED_URL
+    enabled: bool = True
+    # Model id served instead when the hosted API is unreachable, answers 5xx or 402.
+    fallback: str | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return check_http_url(value)
+
+
+class BackendSettings(_Strict):
+    type: Literal["openai", "echo", "bedrock"] = "openai"
+    # For bedrock, an optional endpoint override (a VPC endpoint, a test stand-in).
+    url: str | None = None
+    # AWS region of a bedrock backend; unset, the AWS chain decides (AWS_REGION, the profile).
+    region: str | None = None
+    # Name of an environment variable holding this backend's key (vLLM --api-key, LM Studio ...).
+    api_key_env: str | None = None
+    # Models to list when the server cannot list them itself.
+    models: tuple[str, ...] = ()
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        # Normalised like hosted.base_url: "http://host/v1/" must not become "/v1//chat/completions".
+        return None if value is None else check_http_url(value)
+
+    @model_validator(mode="after")
+    def _url_for_openai(self) -> BackendSettings:
+        if self.type == "openai" and not self.url:
+            raise ValueError("an openai backend needs url, e.g. http://127.0.0.1:8080/v1")
+        if self.region is not None and self.type != "bedrock":
+            raise ValueError("region is only read by a bedrock backend")
+        return self
+
+
+class RouteSettings(_Strict):
+    match: str = Field(min_length=1)
+    backend: str
+    model: str | None = None
+    fallback: str | None = None
+
+
+class WorkspaceSettings(_Strict):
+    description: str = ""
+    # The directory the Agent tools are confined to; tool modes other than passthrough need it.
+    root: str | None = None
+    tools: Literal["passthrough", "gate", "execute"] = "passthrough"
+    # How many rounds of tool calls execute mode runs before it answers anyway.
+    max_steps: int = Field(8, ge=1, le=100)
+    policy: ToolPolicySettings = ToolPolicySettings()
+    limits: ToolLimits = ToolLimits()
+
+    @model_validator(mode="after")
+    def _root_for_tools(self) -> WorkspaceSettings:
+        if self.tools != "passthrough" and not self.root:
+            raise ValueError(f"tools = {self.tools!r} needs root, the directory the tools are confined to")
+        if self.root and not Path(self.root).expanduser().is_dir():
+            raise ValueError(f"root {self.root!r} is not a directory")
+        return self
+
+
+class ToolsSettings(_Strict):
+    # Seconds a pending approval waits for a person before it is refused.
+    approval_timeout: float = Field(120.0, gt=0)
+
+
+class LlmApiSettings(_Strict):
+    # The model the LLM routing API (/api/v1/llm) uses when a request names none.
+    default_model: str = Field("echo", min_length=1)
+
+
+class JobsSettings(_Strict):
+    # Seconds before the first status poll of an unfinished fine-tune job; doubled after each unchanged one.
+    poll_interval: float = Field(5.0, gt=0)
+    # The longest wait between two polls of one job.
+    max_poll_interval: float = Field(300.0, gt=0)
+    # Where each job event is also POSTed as {"event", "data", "timestamp"}; none when unset.
+    webhook_url: str | None = None
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_http_url(value)
+
+    @model_validator(mode="after")
+    def _intervals(self) -> JobsSettings:
+        if self.max_poll_interval < self.poll_interval:
+            raise ValueError("max_poll_interval must not be below poll_interval")
+        return self
+
+
+class Settings(_Strict):
+    server: ServerSettings = ServerSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    cache: CacheSettings = CacheSettings()
+    hosted: HostedSettings = HostedSettings()
+    backends: dict[str, BackendSettings] = {}
+    routes: tuple[RouteSettings, ...] = ()
+    workspaces: dict[str, WorkspaceSettings] = {}
+    tools: ToolsSettings = ToolsSettings()
+    jobs: JobsSettings = JobsSettings()
+    llm_api: LlmApiSettings = LlmApiSettings()
+
+    @field_validator("backends", "workspaces")
+    @classmethod
+    def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if not NAME_PATTERN.match(name):
+                raise ValueError(f"{name!r} is not a valid name (letters, digits, . _ -)")
+        return value
+
+    @model_validator(mode="after")
+    def _routes_name_backends(self) -> Settings:
+        if HOSTED_BACKEND in self.backends:
+            raise ValueError(f"backends: {HOSTED_BACKEND!r} is the built-in hosted backend's name")
+        # "local" may come from LLMTUNE_LOCAL_URL; load_config checks it exists once the env is read.
+        known = {HOSTED_BACKEND, ECHO_BACKEND, "local", *self.backends}
+        for index, route in enumerate(self.routes):
+            if route.backend not in known:
+                raise ValueError(
+                    f"routes[{index}].backend: unknown backend {route.backend!r} (known: {sorted(known)})"
+                )
+        return self
+
+
+class ConfigError(Exception):
+    """config.toml or secrets.json cannot be used; the message names the field and what was expected."""
+
+
+@dataclass(frozen=True, slots=True)
+class Workspace:
+    name: str
+    token: str = field(repr=False)
+    api_key: str | None = field(default=None, repr=False)
+    key_source: str = "none"  # "secrets", "env" or "none": shown by status instead of the key
+    settings: WorkspaceSettings = field(default_factory=lambda: WorkspaceSettings())
+
+    @property
+    def has_key(self) -> bool:
+        return bool(self.api_key)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    settings: Settings
+    workspaces: Mapping[str, Workspace]
+    backends: Mapping[str, BackendSettings]
+    hosted_url: str
+
+
+def is_loopback_host(host: str) -> bool:
+    name = host.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_http_url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def _known_keys(loc: tuple[int | str, ...]) -> list[str] | None:
+    """The keys allowed in the table holding `loc` (an unknown key), to say what was expected."""
+    target: Any = Settings
+    for part in loc[:-1]:
+        origin = typing.get_origin(target)
+        if origin is dict:
+            target = typing.get_args(target)[1]
+        elif origin is tuple:
+            target = typing.get_args(target)[0]
+        elif isinstance(target, type) and issubclass(target, BaseModel) and part in target.model_fields:
+            target = target.model_fields[str(part)].annotation
+        else:
+            return None
+    if isinstance(target, type) and issubclass(target, BaseModel):
+        return list(target.model_fields)
+    return None
+
+
+def _format_validation(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        known = _known_keys(item["loc"]) if item["type"] == "extra_forbidden" else None
+        if known:
+            message = f"unknown key (expected one of: {', '.join(known)})"
+        lines.append(f"{source}: {where}: {message}")
+    return "; ".join(lines)
+
+
+def read_settings(path: Path) -> Settings:
+    if not path.exists():
+        return Settings()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path.name}: not valid TOML: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path.name}: cannot be read: {exc}") from exc
+    try:
+        return validate_settings(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, path.name)) from exc
+
+
+def validate_settings(raw: dict[str, Any]) -> Settings:
+    """Strict types: `port = "8080"` or `max_retries = true` is an error, not silently coerced.
+
+    Validated as JSON so that strict mode still takes TOML arrays for tuples and integers for floats.
+    """
+    try:
+        document = orjson.dumps(raw)
+    except TypeError as exc:  # TOML dates and times: no setting takes one
+        raise ConfigError(f"config.toml: unexpected value ({exc})") from exc
+    return Settings.model_validate_json(document, strict=True)
+
+
+class SecretsStore:
+    """secrets.json: `{"workspaces": {name: {"api_key": ..., "token": ...}}}`, mode 0600."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> dict[str, Any]:
+        if not self.path.exists():
+            return {"workspaces": {}}
+        try:
+            data = orjson.loads(self.path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ConfigError(f"{self.path.name}: not valid JSON ({type(exc).__name__})") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("workspaces", {}), dict):
+            raise ConfigError(f"{self.path.name}: expected an object with a 'workspaces' object")
+        data.setdefault("workspaces", {})
+        for name, entry in data["workspaces"].items():
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{self.path.name}: workspaces.{name}: expected an object")
+        return data
+
+    def write(self, data: dict[str, Any]) -> None:
+        write_private(self.path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
+
+
+def load_config(paths: Paths, environ: Mapping[str, str] | None = None) -> Config:
+    """Read everything; create missing local tokens (persisted) so each workspace has one."""
+    env = os.environ if environ is None else environ
+    settings = read_settings(paths.config_file)
+    store = SecretsStore(paths.secrets_file)
+    data = store.read()
+    stored: dict[str, Any] = data["workspaces"]
+
+    names = [DEFAULT_WORKSPACE, *settings.workspaces, *stored]
+    changed = False
+    workspaces: dict[str, Workspace] = {}
+    for name in dict.fromkeys(names):
+        entry = stored.setdefault(name, {})
+        token = entry.get("token")
+        if not isinstance(token, str) or len(token) < 32:
+            entry["token"] = token = new_token()
+            changed = True
+        api_key = entry.get("api_key") or None
+        source = "secrets" if api_key else "none"
+        if name == DEFAULT_WORKSPACE and env.get(ENV_API_KEY):
+            api_key, source = env[ENV_API_KEY], "env"
+        workspaces[name] = Workspace(name=name, token=token, api_key=api_key, key_source=source,
+                                     settings=settings.workspaces.get(name) or WorkspaceSettings())
+    if changed:
+        paths.ensure()
+        store.write(data)
+
+    backends = dict(settings.backends)
+    local_url = env.get(ENV_LOCAL_URL)
+    if local_url and "local" not in backends:
+        try:
+            backends["local"] = BackendSettings(type="openai", url=local_url)
+        except ValidationError as exc:
+            raise ConfigError(_format_validation(exc, ENV_LOCAL_URL)) from exc
+    backends.setdefault(ECHO_BACKEND, BackendSettings(type="echo"))
+    for index, route in enumerate(settings.routes):
+        if route.backend != HOSTED_BACKEND and route.backend not in backends:
+            raise ConfigError(f"{paths.config_file.name}: routes[{index}].backend: backend {route.backend!r} "
+                              f"needs [backends.{route.backend}] or {ENV_LOCAL_URL}")
+
+    hosted_url = settings.hosted.base_url
+    if env.get(ENV_BASE_URL):
+        try:
+            hosted_url = check_http_url(env[ENV_BASE_URL])
+        except ValueError as exc:
+            raise ConfigError(f"{ENV_BASE_URL}: {exc}") from exc
+    return Config(settings=settings, workspaces=workspaces, backends=backends, hosted_url=hosted_url)

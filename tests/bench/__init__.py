@@ -1,1 +1,0 @@
-"""Helpers for `python -m tests.benchmark` (no pytest tests live here)."""

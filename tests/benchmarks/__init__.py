@@ -1,0 +1,1 @@
+"""Tests of the benchmark's own parts (the fast upstream answers like the hosted API)."""
