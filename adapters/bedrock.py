@@ -462,7 +462,8 @@ class BedrockBackend(Backend):
         try:
             client = await self.client()
         except ImportError:
-            return error_response(501, "the bedrock backend needs boto3: pip install 'llmtune-companion[bedrock]'",
+            return error_response(501, "the bedrock backend needs boto3, which is not installed: pip install boto3 "
+                                       "(in a checkout: pip install -e '.[bedrock]'), then restart the daemon",
                                   "bedrock_unavailable", {"backend": self.name})
         except Exception as exc:
             return self._failure(exc)

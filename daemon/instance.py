@@ -65,7 +65,7 @@ class InstanceLock:
 
     def acquire(self) -> None:
         self.paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        handle = open(self.paths.lock_file, "a+b")  # noqa: SIM115 (held open while the daemon runs)
+        handle = open(self.paths.lock_file, "a+b")  # held open while the daemon runs
         if not _try_lock(handle):
             handle.close()
             info = read_daemon_file(self.paths) or {}

@@ -177,7 +177,7 @@ class Runtime:
 
     # -- model lists --------------------------------------------------------------------------
 
-    def _cache_key(self, backend: Backend, workspace: Workspace) -> str:
+    def cache_key(self, backend: Backend, workspace: Workspace) -> str:
         return f"{backend.name}@{workspace.name}" if backend.per_workspace_models else backend.name
 
     def _cache_source(self, backend: Backend, workspace: Workspace) -> str:
@@ -187,7 +187,7 @@ class Runtime:
             parts.append(workspace.api_key or "")
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
-    async def _fetch_models(self, backend: Backend, workspace: Workspace) -> ModelList:
+    async def fetch_models(self, backend: Backend, workspace: Workspace) -> ModelList:
         response = await backend.handle(BackendRequest("models", api_key=workspace.api_key))
         try:
             body = await response.read()
@@ -210,10 +210,10 @@ class Runtime:
     ) -> CachedList | None:
         """One backend's list through the cache; None when it has never been reachable."""
         if backend.kind == "echo":
-            return CachedList(await self._fetch_models(backend, workspace), time.time(), False, None)
-        key = self._cache_key(backend, workspace)
+            return CachedList(await self.fetch_models(backend, workspace), time.time(), False, None)
+        key = self.cache_key(backend, workspace)
         try:
-            return await self.model_cache.get(key, lambda: self._fetch_models(backend, workspace), refresh=refresh,
+            return await self.model_cache.get(key, lambda: self.fetch_models(backend, workspace), refresh=refresh,
                                               source=self._cache_source(backend, workspace))
         except Exception as exc:
             log.warning("cannot list models of backend %r: %s", backend.name, exc)
@@ -259,7 +259,7 @@ class Runtime:
         for backend in self._listed_backends(workspace):
             if backend.kind == "echo":
                 continue
-            fresh = self.model_cache.peek(self._cache_key(backend, workspace))
+            fresh = self.model_cache.peek(self.cache_key(backend, workspace))
             if fresh is None:
                 return None
             parts.append(fresh.fetched_at)

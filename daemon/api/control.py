@@ -39,8 +39,14 @@ def load_control_token(paths: Paths) -> str:
 
 
 async def status(request: web.Request) -> web.Response:
+    """The daemon's state; `?probe=1` also asks every backend now (reachable, latency, models, last error)."""
     runtime = request.app[RUNTIME]
-    return web.Response(body=orjson.dumps(runtime.status()), content_type="application/json")
+    report = runtime.status()
+    if request.query.get("probe") in ("1", "true"):
+        from ..upstream.probe import probe_all
+
+        report["probes"] = await probe_all(runtime)
+    return web.Response(body=orjson.dumps(report), content_type="application/json")
 
 
 async def reload(request: web.Request) -> web.Response:

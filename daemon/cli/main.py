@@ -10,10 +10,10 @@ import sys
 
 from .. import __version__
 from ..config.paths import Paths
-from . import jobs, models, serve, tools, workspace
+from . import jobs, lifecycle, models, serve, tools, workspace
 from .common import CLIError
 
-COMMANDS = (serve, workspace, models, tools, jobs)
+COMMANDS = (serve, lifecycle, workspace, models, tools, jobs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -267,11 +267,20 @@ def _known_keys(loc: tuple[int | str, ...]) -> list[str] | None:
     return None
 
 
-def _format_validation(error: ValidationError, source: str) -> str:
+# pydantic's wording -> plain words (the prefix pydantic puts before our own validators' messages goes).
+PLAIN_MESSAGES = {"missing": "required, but missing", "string_type": "should be a text in quotes",
+                  "bool_type": "should be true or false", "int_type": "should be a whole number",
+                  "float_type": "should be a number"}
+
+
+def format_validation(error: ValidationError, source: str) -> str:
+    """`config.toml: workspaces.team: tools = 'execute' needs root ...`: the field, then what is wrong."""
     lines = []
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"]
+        message = PLAIN_MESSAGES.get(item["type"]) or item["msg"]
+        for prefix in ("Value error, ", "Assertion failed, "):
+            message = message.removeprefix(prefix)
         known = _known_keys(item["loc"]) if item["type"] == "extra_forbidden" else None
         if known:
             message = f"unknown key (expected one of: {', '.join(known)})"
@@ -291,7 +300,7 @@ def read_settings(path: Path) -> Settings:
     try:
         return validate_settings(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(exc, path.name)) from exc
+        raise ConfigError(format_validation(exc, path.name)) from exc
 
 
 def validate_settings(raw: dict[str, Any]) -> Settings:
@@ -357,6 +366,10 @@ def load_config(paths: Paths, environ: Mapping[str, str] | None = None) -> Confi
     if changed:
         paths.ensure()
         store.write(data)
+    if paths.root.is_dir() and not paths.config_file.exists():
+        from .template import write_template
+
+        write_template(paths)  # first run: every setting, commented out, to discover by opening the file
 
     backends = dict(settings.backends)
     local_url = env.get(ENV_LOCAL_URL)
@@ -364,7 +377,7 @@ def load_config(paths: Paths, environ: Mapping[str, str] | None = None) -> Confi
         try:
             backends["local"] = BackendSettings(type="openai", url=local_url)
         except ValidationError as exc:
-            raise ConfigError(_format_validation(exc, ENV_LOCAL_URL)) from exc
+            raise ConfigError(format_validation(exc, ENV_LOCAL_URL)) from exc
     backends.setdefault(ECHO_BACKEND, BackendSettings(type="echo"))
     for index, route in enumerate(settings.routes):
         if route.backend != HOSTED_BACKEND and route.backend not in backends:

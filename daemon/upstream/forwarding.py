@@ -82,7 +82,8 @@ async def send_with_retries(
     while True:
         response = await backend.handle(request)
         status = response.status
-        if attempt >= policy.max_retries or not (status == 429 or status >= 500):
+        # 501: the backend cannot do this at all (boto3 missing ...); asking again cannot help.
+        if attempt >= policy.max_retries or not (status == 429 or (status >= 500 and status != 501)):
             return response, attempt
         wait = retry_after_seconds(response.headers.get("Retry-After"))
         if status == 429 and wait is None:
