@@ -95,34 +95,30 @@ def cmd_restart(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
-def _tail(path: Path, count: int) -> list[str]:
-    with path.open("r", encoding="utf-8", errors="replace") as handle:
-        return list(deque(handle, maxlen=count)) if count > 0 else []
-
-
-def _follow(path: Path, at_end: bool) -> None:
-    """Print what is appended to the log until Ctrl+C; a rotated (replaced or shrunk) file is reopened."""
-    handle: IO[str] | None = None
-    identity: tuple[int, int] | None = None
+def _follow(path: Path, handle: IO[str] | None) -> None:
+    """Print what is appended to the log until Ctrl+C, from where `handle` stopped reading; a rotated
+    (replaced or shrunk) file is reopened from its start."""
+    identity = None
+    if handle is not None:
+        stat = os.fstat(handle.fileno())
+        identity = (stat.st_dev, stat.st_ino)
     try:
         while True:
+            if handle is not None and (chunk := handle.read()):
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
             try:
-                stat = path.stat()
+                current = path.stat()
             except FileNotFoundError:
-                stat = None
-            if stat is not None and (handle is None or (stat.st_dev, stat.st_ino) != identity
-                                     or stat.st_size < handle.tell()):
+                current = None
+            if current is not None and (handle is None or (current.st_dev, current.st_ino) != identity
+                                        or current.st_size < handle.tell()):
                 if handle is not None:
                     sys.stdout.write(handle.read())  # the rest of the old file first
                     handle.close()
                 handle = path.open("r", encoding="utf-8", errors="replace")
-                identity = (stat.st_dev, stat.st_ino)
-                if at_end:
-                    handle.seek(0, os.SEEK_END)  # its tail was printed already
-                    at_end = False
-            if handle is not None and (chunk := handle.read()):
-                sys.stdout.write(chunk)
-                sys.stdout.flush()
+                identity = (current.st_dev, current.st_ino)
+                continue
             time.sleep(0.25)
     finally:
         if handle is not None:
@@ -133,14 +129,21 @@ def cmd_logs(args: argparse.Namespace, paths: Paths) -> int:
     path = paths.log_file
     if args.lines < 0:
         raise CLIError("-n takes a number of lines, 0 or more", 2)
-    if not path.exists() and not args.follow:
-        raise CLIError(f"no log yet at {path}: the daemon writes it once `llmtune-companion serve` runs", 1)
-    existed = path.exists()
-    if existed:
-        sys.stdout.write("".join(_tail(path, args.lines)))
+    try:
+        handle: IO[str] | None = path.open("r", encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        if not args.follow:
+            raise CLIError(f"no log yet at {path}: the daemon writes it once `llmtune-companion serve` runs",
+                           1) from None
+        handle = None
+    if handle is not None:
+        # The same handle goes on following, so nothing written between the tail and the follow is lost.
+        sys.stdout.write("".join(deque(handle, maxlen=args.lines)))  # reads to the end, keeps the last N
         sys.stdout.flush()
     if args.follow:
-        _follow(path, at_end=existed)
+        _follow(path, handle)
+    elif handle is not None:
+        handle.close()
     return 0
 
 
