@@ -268,9 +268,7 @@ def _known_keys(loc: tuple[int | str, ...]) -> list[str] | None:
 
 
 # pydantic's wording -> plain words (the prefix pydantic puts before our own validators' messages goes).
-PLAIN_MESSAGES = {"missing": "required, but missing", "string_type": "should be a text in quotes",
-                  "bool_type": "should be true or false", "int_type": "should be a whole number",
-                  "float_type": "should be a number"}
+PLAIN_MESSAGES = {"missing": "required, but missing", "bool_type": "Input should be true or false"}
 
 
 def format_validation(error: ValidationError, source: str) -> str:
