@@ -34,5 +34,5 @@ def discover() -> tuple[list[str], dict[str, str]]:
 
 
 packages, package_dir = discover()
-data_files = ["py.typed", "*.html", "*.js", "*.css", "*.png"]
+data_files = ["py.typed", "*.html", "*.js", "*.css", "*.png", "static/*.html", "static/*.js", "static/*.css"]
 setup(packages=packages, package_dir=package_dir, package_data={name: data_files for name in packages})

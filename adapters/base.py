@@ -7,9 +7,24 @@ is read chunk by chunk as it arrives, so a relaying backend never buffers a stre
 from __future__ import annotations
 
 import abc
+import os
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, cast
+
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 if TYPE_CHECKING:
     from .http1 import ConnectionPool
@@ -117,12 +132,117 @@ class AdapterContext:
     read_timeout: float = 120.0
 
 
+def check_http_url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def settings_model_for(kind: object) -> type[BackendSettings] | None:
+    """The settings model of a registered backend type that config.toml may name; None for any other."""
+    from . import BACKEND_TYPES  # the registry imports every backend, so it is read at validation time
+
+    backend = BACKEND_TYPES.get(kind) if isinstance(kind, str) else None
+    return backend.settings_model if backend is not None and backend.configurable else None
+
+
+class BackendSettings(BaseModel):
+    """One `[backends.NAME]` table of config.toml: the keys every backend reads.
+
+    A backend that reads more keys (bedrock's region) declares a subclass as its `settings_model`.
+    In config.toml a table is validated by the model of its `type` (see `BackendTable`), and
+    `BackendSettings(type=..., ...)` builds the model of that type too.
+    """
+
+    # A misspelt key is an error, not silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str = "openai"
+    # The server's root URL (for bedrock, an optional endpoint override: a VPC endpoint, a test stand-in).
+    url: str | None = None
+    # Name of an environment variable holding this backend's key (vLLM --api-key, LM Studio ...).
+    api_key_env: str | None = None
+    # Models to list when the server cannot list them itself.
+    models: tuple[str, ...] = ()
+
+    def __new__(cls, *args: Any, **data: Any) -> BackendSettings:
+        if cls is BackendSettings and data:
+            cls = settings_model_for(data.get("type", "openai")) or cls
+        return super().__new__(cls)
+
+    def __init__(self, /, **data: Any) -> None:
+        _refuse_keys_of_other_types(type(self), data)
+        super().__init__(**data)
+
+    @field_validator("type")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if settings_model_for(value) is None:
+            from . import BACKEND_TYPES
+
+            names = [repr(name) for name, backend in BACKEND_TYPES.items() if backend.configurable]
+            expected = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        # Normalised like hosted.base_url: "http://host/v1/" must not become "/v1//chat/completions".
+        return None if value is None else check_http_url(value)
+
+
+def _refuse_keys_of_other_types(model: type[BackendSettings], data: Mapping[str, Any]) -> None:
+    """`region` under an openai backend: say which type reads it, not just "unknown key"."""
+    from . import BACKEND_TYPES
+
+    errors: list[InitErrorDetails] = []
+    for key in data:
+        if key in model.model_fields:
+            continue
+        readers = [name for name, backend in BACKEND_TYPES.items()
+                   if backend.configurable and key in backend.settings_model.model_fields]
+        if readers:
+            message = PydanticCustomError("key_of_another_type", "{key} is only read by a {readers} backend",
+                                          {"key": key, "readers": " or ".join(readers)})
+            errors.append({"type": message, "loc": (key,), "input": data[key]})
+    if errors:
+        raise ValidationError.from_exception_data(model.__name__, errors)
+
+
+def _validate_table(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> BackendSettings:
+    if isinstance(value, BackendSettings) or not isinstance(value, dict):
+        return cast(BackendSettings, handler(value))
+    model = settings_model_for(value.get("type", "openai")) or BackendSettings
+    _refuse_keys_of_other_types(model, value)
+    if info.mode == "json":
+        # config.toml is validated strictly as JSON (TOML arrays are tuples there), so the type's model is too.
+        return model.model_validate_json(orjson.dumps(value), strict=True)
+    return model.model_validate(value)
+
+
+# A `[backends.NAME]` table as Settings declares it: validated (and dumped) as the settings model of its type.
+BackendTable = Annotated[BackendSettings, WrapValidator(_validate_table), SerializeAsAny()]
+
+
 class Backend(abc.ABC):
-    """One upstream. Subclasses live one per file in this package and register in __init__."""
+    """One upstream. Subclasses live one per file in this package and register in __init__.
+
+    Everything the daemon treats differently per kind of backend is a class attribute here, so a new
+    backend is its file and one line in the registry.
+    """
 
     kind: str = "abstract"
+    # The `[backends.NAME]` keys this backend reads; a subclass of BackendSettings adds its own.
+    settings_model: ClassVar[type[BackendSettings]] = BackendSettings
+    # Whether config.toml may name this type (the hosted backend is built in, never configured).
+    configurable: ClassVar[bool] = True
+    # Whether requests carry the workspace's LLMTune key: without one the daemon answers 401 itself.
+    injects_workspace_key: ClassVar[bool] = False
     # Whether this backend's model list depends on the workspace's key (cached per workspace).
-    per_workspace_models: bool = False
+    per_workspace_models: ClassVar[bool] = False
+    # Whether it answers any model id (echo): its list is made in-process, never cached or checked.
+    serves_any_model: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -139,9 +259,19 @@ class Backend(abc.ABC):
         self._api_key = api_key
         self.static_models = models
 
+    @classmethod
+    def from_settings(cls, name: str, context: AdapterContext, settings: BackendSettings) -> Backend:
+        """The backend a `[backends.NAME]` table describes; a backend with more keys passes them on."""
+        key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
+        return cls(name, context, url=settings.url, api_key=key, models=settings.models)
+
     @abc.abstractmethod
     async def handle(self, request: BackendRequest) -> BackendResponse:
         """Send one request; raise BackendUnavailable if the upstream cannot be reached in time."""
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.kind, "url": self.url}
+
+    def missing_dependency(self) -> str | None:
+        """What this backend cannot work without and is not installed, said with how to install it."""
+        return None

@@ -12,28 +12,20 @@ import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
 from .base import Backend, BackendRequest, BackendResponse, BytesResponse
+from .errors import error_reply
+from .openai_stream import DONE, SSE_HEADERS, ChunkWriter, FunctionCall, completion, new_id, text_of, wants_usage
 
 JSON = {"Content-Type": "application/json"}
-SSE = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 EMBEDDING_DIMENSIONS = 64
 
 
-def _error(status: int, message: str, code: str) -> BytesResponse:
-    body = {"error": {"message": message, "type": "invalid_request_error", "code": code, "details": {}}}
-    return BytesResponse(status, orjson.dumps(body), JSON)
-
-
 def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts
-        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return ""
+    return text_of(content, " ")  # parts joined by spaces, as the words are echoed
 
 
 def _words(text: str) -> list[str]:
@@ -79,6 +71,7 @@ def _vector(text: str) -> list[float]:
 
 class EchoBackend(Backend):
     kind = "echo"
+    serves_any_model: ClassVar[bool] = True
 
     async def handle(self, request: BackendRequest) -> BackendResponse:
         payload = request.payload or {}
@@ -93,7 +86,7 @@ class EchoBackend(Backend):
             return self._answer(payload, text, chat=False, stream=request.stream)
         messages = payload.get("messages")
         if not isinstance(messages, list) or not messages:
-            return _error(400, "'messages' must be a non-empty array", "invalid_messages")
+            return error_reply(400, "'messages' must be a non-empty array", "invalid_messages")
         users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
         text = _text_of(users[-1].get("content")) if users else ""
         tool = _forced_tool(payload)
@@ -107,41 +100,30 @@ class EchoBackend(Backend):
         model = str(payload.get("model") or "echo")
         name = str(tool.get("name"))
         arguments = orjson.dumps(_placeholder_arguments(tool.get("parameters"), text)).decode()
-        call_id = "call_echo_" + uuid.uuid4().hex[:16]
-        ident = "chatcmpl-" + uuid.uuid4().hex[:24]
-        created = int(time.time())
+        call = FunctionCall("call_echo_" + uuid.uuid4().hex[:16], name, arguments)
         prompt_tokens = len(text.split())
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 1, "total_tokens": prompt_tokens + 1}
         if not stream:
-            message = {"role": "assistant", "content": None, "tool_calls": [
-                {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}]}
-            body = {"id": ident, "object": "chat.completion", "created": created, "model": model,
-                    "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}], "usage": usage}
-            return BytesResponse(200, orjson.dumps(body), JSON)
-        options = payload.get("stream_options")
-        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            message = {"role": "assistant", "content": None, "tool_calls": [call.to_wire()]}
+            return BytesResponse(200, orjson.dumps(completion(model, message, "tool_calls", usage=usage)), JSON)
+        include_usage = wants_usage(payload)
         half = len(arguments) // 2
         deltas: list[dict[str, Any]] = [
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"index": 0, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]},
+            {"role": "assistant", "content": None, "tool_calls": [FunctionCall(call.id, name, "").to_wire(0)]},
             {"tool_calls": [{"index": 0, "function": {"arguments": arguments[:half]}}]},
             {"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]},
         ]
 
         async def events() -> AsyncIterator[bytes]:
-            def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-                chunk = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
-                         "choices": choices, **extra}
-                return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
+            chunks = ChunkWriter(model)
             for delta in deltas:
-                yield event([{"index": 0, "delta": delta, "finish_reason": None}])
-            yield event([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}])
+                yield chunks.delta(delta)
+            yield chunks.delta({}, "tool_calls")
             if include_usage:
-                yield event([], usage=usage)
-            yield b"data: [DONE]\n\n"
+                yield chunks.usage(usage)
+            yield DONE
 
-        return BytesResponse(200, events(), SSE)
+        return BytesResponse(200, events(), SSE_HEADERS)
 
     def _answer(self, payload: dict[str, Any], text: str, *, chat: bool, stream: bool) -> BackendResponse:
         model = str(payload.get("model") or "echo")
@@ -156,44 +138,29 @@ class EchoBackend(Backend):
             "completion_tokens": len(words),
             "total_tokens": prompt_tokens + len(words),
         }
-        ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        created = int(time.time())
         if not stream:
-            choice: dict[str, Any]
-            if chat:
-                content = "".join(words)
-                choice = {"index": 0, "message": {"role": "assistant", "content": content}}
-                obj = "chat.completion"
-            else:
-                choice = {"index": 0, "text": "".join(words), "logprobs": None}
-                obj = "text_completion"
-            choice["finish_reason"] = finish
-            body = {"id": ident, "object": obj, "created": created, "model": model,
-                    "choices": [choice], "usage": usage}
-            return BytesResponse(200, orjson.dumps(body), JSON)
-        options = payload.get("stream_options")
-        include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        return BytesResponse(200, self._stream(ident, created, model, words, finish, usage,
-                                               chat=chat, include_usage=include_usage), SSE)
+            if not chat:
+                choice = {"index": 0, "text": "".join(words), "logprobs": None, "finish_reason": finish}
+                body = {"id": new_id("cmpl-"), "object": "text_completion", "created": int(time.time()),
+                        "model": model, "choices": [choice], "usage": usage}
+                return BytesResponse(200, orjson.dumps(body), JSON)
+            message = {"role": "assistant", "content": "".join(words)}
+            return BytesResponse(200, orjson.dumps(completion(model, message, finish, usage=usage)), JSON)
+        chunks = ChunkWriter(model, kind="chat.completion.chunk" if chat else "text_completion")
+        return BytesResponse(200, self._stream(chunks, words, finish, usage, chat=chat,
+                                               include_usage=wants_usage(payload)), SSE_HEADERS)
 
-    async def _stream(self, ident: str, created: int, model: str, words: list[str], finish: str,
-                      usage: dict[str, int], *, chat: bool, include_usage: bool) -> AsyncIterator[bytes]:
-        obj = "chat.completion.chunk" if chat else "text_completion"
-
-        def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-            chunk = {"id": ident, "object": obj, "created": created, "model": model, "choices": choices, **extra}
-            return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
+    async def _stream(self, chunks: ChunkWriter, words: list[str], finish: str, usage: dict[str, int], *,
+                      chat: bool, include_usage: bool) -> AsyncIterator[bytes]:
         if chat:
-            yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+            yield chunks.delta({"role": "assistant", "content": ""})
         for word in words:
-            delta: dict[str, Any] = {"delta": {"content": word}} if chat else {"text": word}
-            yield event([{"index": 0, **delta, "finish_reason": None}])
-        final: dict[str, Any] = {"delta": {}} if chat else {"text": ""}
-        yield event([{"index": 0, **final, "finish_reason": finish}])
+            yield chunks.delta({"content": word}) if chat else chunks.event([{"index": 0, "text": word,
+                                                                              "finish_reason": None}])
+        yield chunks.delta({}, finish) if chat else chunks.event([{"index": 0, "text": "", "finish_reason": finish}])
         if include_usage:
-            yield event([], usage=usage)
-        yield b"data: [DONE]\n\n"
+            yield chunks.usage(usage)
+        yield DONE
 
     def _embeddings(self, payload: dict[str, Any]) -> BackendResponse:
         raw = payload.get("input")
@@ -202,7 +169,7 @@ class EchoBackend(Backend):
         elif isinstance(raw, list) and raw and all(isinstance(item, str) for item in raw):
             inputs = raw
         else:
-            return _error(400, "'input' must be a string or an array of strings", "invalid_input")
+            return error_reply(400, "'input' must be a string or an array of strings", "invalid_input")
         data = [{"object": "embedding", "index": i, "embedding": _vector(text)} for i, text in enumerate(inputs)]
         tokens = sum(len(text.split()) for text in inputs)
         body = {"object": "list", "data": data, "model": str(payload.get("model") or "echo"),

@@ -6,7 +6,7 @@ The workspace key is put in here and nowhere else. The Agent API lists models as
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -46,7 +46,10 @@ def agent_models_to_openai(body: bytes) -> bytes:
 
 class LLMTuneBackend(Backend):
     kind = "llmtune"
-    per_workspace_models = True
+    # Built in from [hosted] (one per daemon), never a [backends.NAME] table.
+    configurable: ClassVar[bool] = False
+    injects_workspace_key: ClassVar[bool] = True
+    per_workspace_models: ClassVar[bool] = True
 
     async def handle(self, request: BackendRequest) -> BackendResponse:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}

@@ -5,10 +5,13 @@ The body goes upstream as the client sent it and the answer comes back byte for 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import orjson
+from pydantic import model_validator
 
 from . import http
-from .base import Backend, BackendRequest, BackendResponse, BytesResponse
+from .base import Backend, BackendRequest, BackendResponse, BackendSettings, BytesResponse
 
 PATHS = {
     "chat": "/chat/completions",
@@ -19,8 +22,17 @@ PATHS = {
 }
 
 
+class OpenAISettings(BackendSettings):
+    @model_validator(mode="after")
+    def _needs_url(self) -> OpenAISettings:
+        if not self.url:
+            raise ValueError("an openai backend needs url, e.g. http://127.0.0.1:8080/v1")
+        return self
+
+
 class OpenAIBackend(Backend):
     kind = "openai"
+    settings_model: ClassVar[type[BackendSettings]] = OpenAISettings
 
     async def handle(self, request: BackendRequest) -> BackendResponse:
         if request.endpoint == "models" and self.static_models:

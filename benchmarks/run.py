@@ -370,6 +370,32 @@ def http_get(port: int, path: str, token: str, timeout: float = 2.0) -> int:
         connection.close()
 
 
+DASHBOARD_FILES = ("/dashboard/", "/dashboard/app.css", "/dashboard/app.js")
+
+
+def dashboard_first_load(url: str, runs: int = 20) -> dict[str, float]:
+    """The dashboard's first load as an uncached browser makes it (page, stylesheet, script on one
+    connection): the median time and the bytes, from the daemon under test while the relay is idle."""
+    host, _, port = url.removeprefix("http://").partition(":")
+    times: list[float] = []
+    size = 0
+    for _ in range(runs):
+        connection = http.client.HTTPConnection(host, int(port.rstrip("/")), timeout=5)
+        started = time.perf_counter()
+        size = 0
+        try:
+            for path in DASHBOARD_FILES:
+                connection.request("GET", path)
+                response = connection.getresponse()
+                size += len(response.read())
+                if response.status != 200:
+                    raise RuntimeError(f"GET {path} answered {response.status}")
+        finally:
+            connection.close()
+        times.append(time.perf_counter() - started)
+    return {"p50_ms": round(statistics.median(times) * 1000, 2), "kb": round(size / 1024, 1)}
+
+
 def upstream_command(kind: str) -> list[str]:
     module = "benchmarks.fast_upstream" if kind == "fast" else "tests.support.hosted_standin"
     extra = ["--no-record"] if kind == "standin" else []
@@ -485,6 +511,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         results["rss_mb"] = {"daemon_idle": kb_mb(rss_kb(daemon.child.pid)),
                              "bare_idle": kb_mb(rss_kb(bare.child.pid))}
         sampler.watch("daemon", daemon.child.pid)
+        log("dashboard first load (page, stylesheet, script)")
+        results["dashboard"] = dashboard_first_load(daemon.url)
         sampler.watch("bare", bare.child.pid)
 
         results["chat"] = {}
@@ -747,6 +775,8 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"cold start: spawn serve -> first 200 /v1/models {cold['first_answer_s'] * 1000:.0f} ms (median; port "
           f"listening after {cold['listening_s'] * 1000:.0f} ms; runs "
           + ", ".join(f"{c['first_answer_s'] * 1000:.0f}" for c in cold["runs"]) + " ms)")
+    if "dashboard" in r:
+        print(f"dashboard first load: {r['dashboard']['p50_ms']:.1f} ms for {r['dashboard']['kb']} KB (median of 20)")
     if "loops" in r:
         print()
         print("event loop: uvloop (the default when importable) vs stock asyncio")

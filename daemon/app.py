@@ -16,6 +16,7 @@ from .appkeys import CONTROL_TOKEN, RUNTIME
 from .config.paths import Paths
 from .config.reload import watch_settings
 from .config.settings import Config, load_config
+from .dashboard import routes as dashboard
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,10 @@ def create_app(paths: Paths, config: Config | None = None, *, watch: bool = True
         pool = make_pool(config)
         runtime = Runtime(paths, config, session, pool)
         app[RUNTIME] = runtime
+        await runtime.history.open()
         yield
         runtime.request_log.flush()
+        await runtime.history.aclose()
         await runtime.model_cache.aclose()
         await pool.aclose()
         await session.close()
@@ -73,6 +76,7 @@ def create_app(paths: Paths, config: Config | None = None, *, watch: bool = True
     platform.add_routes(app)
     control.add_routes(app)
     llm.add_routes(app)
+    dashboard.add_routes(app)
     return app
 
 

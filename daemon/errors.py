@@ -1,4 +1,4 @@
-"""The one error shape the daemon itself answers with.
+"""The errors the daemon itself answers with, in the one error shape (adapters/errors.py).
 
 `{"error": {"message", "type", "code", "details"}}` is read by both kinds of client: LLMTune's
 (message, code, details) and OpenAI's SDKs (message, type, code).
@@ -8,38 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-# HTTP status -> OpenAI-style error type, so SDKs map our errors onto their exception classes.
-ERROR_TYPES: dict[int, str] = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "insufficient_quota",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-    429: "rate_limit_error",
-    502: "upstream_error",
-    503: "service_unavailable",
-    504: "upstream_timeout",
-}
-
-
-def error_body(status: int, message: str, code: str, details: dict[str, Any] | None = None) -> bytes:
-    return orjson.dumps(
-        {
-            "error": {
-                "message": message,
-                "type": ERROR_TYPES.get(status, "api_error"),
-                "code": code,
-                "details": details or {},
-            }
-        }
-    )
+# The shape itself is shared with the backends that answer in-process (adapters/errors.py).
+from .adapters.errors import ERROR_TYPES, error_body
 
 
 class CompanionError(Exception):
@@ -82,3 +54,6 @@ def error_response(
 def sse_error_event(message: str, code: str, status: int = 502) -> bytes:
     """An error as an SSE event: the OpenAI SDKs raise on a data line carrying an `error` object."""
     return b"data: " + error_body(status, message, code) + b"\n\n"
+
+
+__all__ = ["ERROR_TYPES", "CompanionError", "error_body", "error_response", "sse_error_event"]

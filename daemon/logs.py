@@ -9,9 +9,12 @@ import os
 import re
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config.paths import Paths
+
+if TYPE_CHECKING:
+    from .history import History, RequestRecord
 
 # LLMTune keys (sk_...), local tokens (lct_...) and bearer headers, wherever they would appear.
 # Every match contains one of SECRET_HINTS (compared lower-cased): extend both together.
@@ -124,14 +127,23 @@ class RequestLog:
     own time. Secrets are scrubbed from the batch like from any record.
     """
 
-    def __init__(self, logger: logging.Logger, interval: float = 0.25, max_lines: int = 512) -> None:
+    def __init__(self, logger: logging.Logger, interval: float = 0.25, max_lines: int = 512,
+                 history: History | None = None) -> None:
         self.logger = logger
+        self.history = history
         self.interval = interval
         self.max_lines = max_lines
         self._lines: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
         self._second = -1
         self._second_text = ""
+
+    def record(self, record: RequestRecord, *, line: bool = True) -> None:
+        """One finished request: into the history (the dashboard's Activity) and, with `line`, the log."""
+        if self.history is not None:
+            self.history.add(record)
+        if line:
+            self.add(record.line())
 
     def add(self, line: str) -> None:
         if not self.logger.isEnabledFor(logging.INFO):

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +14,11 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .adapters import BACKEND_TYPES, AdapterContext, Backend, BackendRequest
+from .adapters import BACKEND_TYPES, AdapterContext, Backend, BackendRequest, LLMTuneBackend
 from .adapters.http1 import ConnectionPool
 from .config.paths import Paths
 from .config.settings import ECHO_BACKEND, HOSTED_BACKEND, Config, ConfigError, Workspace, load_config
+from .history import HISTORY_FILE, History
 from .logs import RequestLog
 from .tools import ToolRunner
 from .tools.approvals import ApprovalBroker
@@ -74,7 +74,10 @@ class Runtime:
         self.restart_needed: list[str] = []
         self.reloads = 0
         self.model_cache = ModelListCache(paths.cache_dir, config.settings.cache.models_ttl)
-        self.request_log = RequestLog(logging.getLogger("llmtune_companion.requests"))
+        history = config.settings.history
+        self.history = History(paths.root / HISTORY_FILE if history.persist else None, ring_size=history.ring_size,
+                               store_content=history.store_content, retention_days=history.retention_days)
+        self.request_log = RequestLog(logging.getLogger("llmtune_companion.requests"), history=self.history)
         # Pending approvals outlive reloads: the broker belongs to the daemon, not to a config.
         self.approvals = ApprovalBroker(timeout=config.settings.tools.approval_timeout)
         self.journal = Journal.for_paths(paths)
@@ -106,14 +109,9 @@ class Runtime:
         )
         backends: dict[str, Backend] = {}
         if config.settings.hosted.enabled:
-            backends[HOSTED_BACKEND] = BACKEND_TYPES["llmtune"](HOSTED_BACKEND, context, url=config.hosted_url)
+            backends[HOSTED_BACKEND] = LLMTuneBackend(HOSTED_BACKEND, context, url=config.hosted_url)
         for name, spec in config.backends.items():
-            key = None
-            if spec.api_key_env:
-                key = os.environ.get(spec.api_key_env)
-            extra: dict[str, Any] = {"region": spec.region} if spec.type == "bedrock" else {}
-            backends[name] = BACKEND_TYPES[spec.type](name, context, url=spec.url, api_key=key, models=spec.models,
-                                                      **extra)
+            backends[name] = BACKEND_TYPES[spec.type].from_settings(name, context, spec)
         tokens = tuple((ws.token.encode(), ws) for ws in config.workspaces.values())
         runners = {
             ws.name: self._tool_runner(ws)
@@ -156,6 +154,7 @@ class Runtime:
         self.built = self._build(config)
         self.model_cache.ttl = config.settings.cache.models_ttl
         self.approvals.timeout = config.settings.tools.approval_timeout
+        self.history.store_content = config.settings.history.store_content
         self._listing_memo.clear()
         self.config_error = None
         self.reloads += 1
@@ -203,13 +202,13 @@ class Runtime:
 
     def _listed_backends(self, workspace: Workspace) -> list[Backend]:
         # The hosted list needs the workspace's key; without one there is nothing to ask for.
-        return [b for b in self.backends.values() if not (b.kind == "llmtune" and not workspace.has_key)]
+        return [b for b in self.backends.values() if not (b.injects_workspace_key and not workspace.has_key)]
 
     async def backend_models(
         self, backend: Backend, workspace: Workspace, *, refresh: bool = False
     ) -> CachedList | None:
         """One backend's list through the cache; None when it has never been reachable."""
-        if backend.kind == "echo":
+        if backend.serves_any_model:
             return CachedList(await self.fetch_models(backend, workspace), time.time(), False, None)
         key = self.cache_key(backend, workspace)
         try:
@@ -257,7 +256,7 @@ class Runtime:
     def _fresh_signature(self, workspace: Workspace) -> tuple[Any, ...] | None:
         parts: list[Any] = [id(self.built)]
         for backend in self._listed_backends(workspace):
-            if backend.kind == "echo":
+            if backend.serves_any_model:
                 continue
             fresh = self.model_cache.peek(self.cache_key(backend, workspace))
             if fresh is None:
@@ -267,7 +266,7 @@ class Runtime:
 
     async def model_is_listed(self, backend: Backend, model: str, workspace: Workspace) -> bool | None:
         """Whether a backend lists a model; None when its list is unknown (then the backend decides)."""
-        if backend.kind == "echo":
+        if backend.serves_any_model:
             return True
         listed = await self.backend_models(backend, workspace)
         if listed is None:

@@ -17,6 +17,8 @@ from aiohttp import web
 
 from ..appkeys import CONTROL_TOKEN, CORS_ORIGIN, RUNTIME, WORKSPACE
 from ..config.settings import is_loopback_host
+from ..dashboard.auth import COOKIE_NAME as SESSION_COOKIE
+from ..dashboard.auth import check_session
 from ..errors import CompanionError, error_response
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/healthz"})
 CONTROL_PREFIX = "/companion/"
+# The dashboard's pages check its session themselves (the login page cannot need one).
+DASHBOARD_PREFIX = "/dashboard"
 
 
 def split_host(value: str) -> str:
@@ -116,6 +120,11 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
         if path not in OPEN_PATHS:
             token = presented_token(request)
+            if token is None and path.startswith(DASHBOARD_PREFIX):
+                return await handler(request)
+            if token is None and path.startswith(CONTROL_PREFIX) and SESSION_COOKIE in request.cookies:
+                check_session(request)  # the dashboard's cookie stands in for the control token, never for /v1
+                return await handler(request)
             if token is None:
                 raise CompanionError(401, "missing local token: send 'Authorization: Bearer <token>' "
                                           "(see `llmtune-companion token`)", "missing_token")

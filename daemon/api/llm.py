@@ -6,8 +6,10 @@ every backend, retry and fallback the OpenAI API has serves this API too. Auth i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,22 +17,21 @@ import orjson
 from aiohttp import web
 
 from ..adapters import BackendRequest, BackendResponse, UpstreamBroken
+from ..adapters.openai_stream import sse_data, sse_events
 from ..appkeys import RUNTIME, WORKSPACE
 from ..config.settings import Workspace
 from ..errors import CompanionError
 from ..runtime import Runtime
-from ..tools.agent_loop import sse_events
-from ..upstream.forwarding import Forwarded, forward
+from ..upstream.forwarding import Forwarded, forward, require_listed
 from ..upstream.routing import Route
 from .llm_translate import (
-    StreamTranslator,
+    RoutingStreamTranslator,
     error_event,
     from_openai_response,
-    sse,
     to_openai_request,
     upstream_error_message,
 )
-from .openai import BACKEND_HEADER, ERROR_BODY_LIMIT, log_request, parse_object, read_body, scrub
+from .openai import BACKEND_HEADER, ERROR_BODY_LIMIT, log_request, parse_object, read_body, scrub, wants_refresh
 
 log = logging.getLogger("llmtune_companion.requests")
 
@@ -62,12 +63,7 @@ async def prepare(request: web.Request, *, stream: bool) -> Prepared:
                              "tool_mode_not_allowed")
     route = runtime.router.resolve(model)
     payload = to_openai_request(body, route.model, stream=stream)
-    backend = runtime.backends.get(route.backend)
-    if backend is not None and route.prefixed:
-        if await runtime.model_is_listed(backend, route.model, workspace) is False:
-            raise CompanionError(404, f"model {model!r} not found on backend {route.backend!r}; "
-                                      f"GET {PREFIX}/models lists what is served", "model_not_found",
-                                 {"model": model})
+    await require_listed(runtime, route, model, workspace, f"{PREFIX}/models")
     return Prepared(runtime, workspace, model, route, payload)
 
 
@@ -91,14 +87,27 @@ async def upstream_failure(response: BackendResponse, forwarded: Forwarded, work
     return CompanionError(response.status, message, "upstream_error", details, headers)
 
 
-async def completions(request: web.Request) -> web.Response:
+@contextlib.asynccontextmanager
+async def answer(request: web.Request, *, stream: bool) -> AsyncIterator[tuple[Prepared, Forwarded]]:
+    """The upstream's successful answer to a routing-API request, closed and logged when done.
+
+    An upstream error becomes our error response here: nothing was sent to the client yet.
+    """
     started = time.perf_counter()
-    prepared = await prepare(request, stream=False)
-    forwarded = await send(prepared, stream=False)
-    response = forwarded.response
+    prepared = await prepare(request, stream=stream)
+    forwarded = await send(prepared, stream=stream)
     try:
-        if response.status >= 400:
-            raise await upstream_failure(response, forwarded, prepared.workspace)
+        if forwarded.response.status >= 400:
+            raise await upstream_failure(forwarded.response, forwarded, prepared.workspace)
+        yield prepared, forwarded
+    finally:
+        await forwarded.response.aclose()
+        log_request(request, prepared.model, forwarded, started)
+
+
+async def completions(request: web.Request) -> web.Response:
+    async with answer(request, stream=False) as (prepared, forwarded):
+        response = forwarded.response
         try:
             parsed = orjson.loads(await response.read())
         except (orjson.JSONDecodeError, UpstreamBroken) as exc:
@@ -107,29 +116,20 @@ async def completions(request: web.Request) -> web.Response:
         if not isinstance(parsed, dict):
             raise CompanionError(502, "the model's answer is not a JSON object", "upstream_broken",
                                  {"backend": forwarded.backend})
-        answer = from_openai_response(parsed, prepared.model)
-    finally:
-        await response.aclose()
-        log_request(request, prepared.model, forwarded, started)
-    return web.Response(body=orjson.dumps(answer), content_type="application/json",
+        translated = from_openai_response(parsed, prepared.model)
+    return web.Response(body=orjson.dumps(translated), content_type="application/json",
                         headers={BACKEND_HEADER: forwarded.backend})
 
 
 async def completions_stream(request: web.Request) -> web.StreamResponse:
-    started = time.perf_counter()
-    prepared = await prepare(request, stream=True)
-    forwarded = await send(prepared, stream=True)
-    upstream = forwarded.response
-    try:
-        if upstream.status >= 400:
-            # Nothing was sent yet: the client gets a plain error response with the upstream's status.
-            raise await upstream_failure(upstream, forwarded, prepared.workspace)
+    async with answer(request, stream=True) as (prepared, forwarded):
+        upstream = forwarded.response
         out = web.StreamResponse(status=200, headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
             BACKEND_HEADER: forwarded.backend,
         })
         await out.prepare(request)
-        translator = StreamTranslator(prepared.model)
+        translator = RoutingStreamTranslator(prepared.model)
         try:
             if upstream.content_type == "application/json":  # a backend that answered whole
                 whole = orjson.loads(await upstream.read())
@@ -137,37 +137,34 @@ async def completions_stream(request: web.Request) -> web.StreamResponse:
                     raise UpstreamBroken("the model's answer is not a JSON object")
                 events = translator.feed_message(whole)
                 for event in events + translator.finish():
-                    await out.write(sse(event))
+                    await out.write(sse_data(event))
             else:
                 await relay_events(upstream, translator, out)
         except (UpstreamBroken, orjson.JSONDecodeError) as exc:
             log.warning("stream from backend %r broke off: %s", forwarded.backend, exc)
-            await out.write(sse(error_event(502, f"{exc}; the answer is incomplete", "upstream_broken")))
+            await out.write(sse_data(error_event(502, f"{exc}; the answer is incomplete", "upstream_broken")))
         await out.write_eof()
         return out
-    finally:
-        await upstream.aclose()
-        log_request(request, prepared.model, forwarded, started)
 
 
-async def relay_events(upstream: BackendResponse, translator: StreamTranslator, out: web.StreamResponse) -> None:
+async def relay_events(upstream: BackendResponse, translator: RoutingStreamTranslator,
+                       out: web.StreamResponse) -> None:
     done = False
     async for chunk in sse_events(upstream.chunks()):
         if chunk is None:
             done = True
             break
         for event in translator.feed(chunk):
-            await out.write(sse(event))
+            await out.write(sse_data(event))
     if not (done or translator.stopped):
         raise UpstreamBroken("the upstream stream ended before the answer did")
     for event in translator.finish():
-        await out.write(sse(event))
+        await out.write(sse_data(event))
 
 
 async def models(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    refresh = "no-cache" in request.headers.get("Cache-Control", "") or request.query.get("refresh") in ("1", "true")
-    listed = await runtime.list_models(request[WORKSPACE], refresh=refresh)
+    listed = await runtime.list_models(request[WORKSPACE], refresh=wants_refresh(request))
     body = {"models": [model["id"] for model in listed],
             "default_model": runtime.config.settings.llm_api.default_model}
     return web.Response(body=orjson.dumps(body), content_type="application/json")

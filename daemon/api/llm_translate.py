@@ -9,14 +9,13 @@ request, which every backend speaks through forward(). The OpenAI answer comes b
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from ..adapters.openai_stream import FunctionCall, Turn, new_call_id
 from ..errors import CompanionError, error_body
-from ..tools.agent_loop import Turn
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # OpenAI finish_reason -> routing-API stop_reason; anything else passes through as it came.
@@ -162,7 +161,7 @@ def _tool_call(use: Any, where: str) -> dict[str, Any]:
         raise _bad(f"{where}: a tool_use block needs 'id' and 'name'", "invalid_messages")
     arguments = use.get("input", {})
     text = arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
-    return {"id": ident, "type": "function", "function": {"name": name, "arguments": text}}
+    return FunctionCall(ident, name, text).to_wire()
 
 
 def _tool_result(result: Any, where: str) -> dict[str, Any]:
@@ -311,17 +310,13 @@ def upstream_error_message(body: bytes, status: int) -> tuple[str, dict[str, Any
 # -- stream -------------------------------------------------------------------------------------
 
 
-def sse(event: Event) -> bytes:
-    return b"data: " + orjson.dumps(event) + b"\n\n"
-
-
 def error_event(status: int, message: str, code: str) -> Event:
     error = orjson.loads(error_body(status, message, code))["error"]
     return {"type": "error", "error": error}
 
 
 @dataclass(slots=True)
-class StreamTranslator:
+class RoutingStreamTranslator:
     """OpenAI chat chunks in, routing-API events out; `model` is the id the client used.
 
     Feed each chunk to `feed()`, then call `finish()` once the stream ended: tool calls complete and
@@ -354,7 +349,7 @@ class StreamTranslator:
         if index not in self.started:
             if not slot["name"]:
                 return []  # no name yet: start once it is known, with the arguments so far
-            self.started[index] = slot["id"] or f"call_{uuid.uuid4().hex[:12]}"
+            self.started[index] = slot["id"] or new_call_id()
             events: list[Event] = [{"type": "tool_use_start", "id": self.started[index], "name": slot["name"]}]
             if slot["arguments"]:
                 events.append({"type": "tool_use_delta", "id": self.started[index], "delta": slot["arguments"]})
@@ -366,7 +361,7 @@ class StreamTranslator:
         events: list[Event] = []
         for index, slot in sorted(self.turn.calls.items()):
             if index not in self.started:  # a call that never got a name: announce it now
-                self.started[index] = slot["id"] or f"call_{uuid.uuid4().hex[:12]}"
+                self.started[index] = slot["id"] or new_call_id()
                 events.append({"type": "tool_use_start", "id": self.started[index], "name": slot["name"]})
                 if slot["arguments"]:
                     events.append({"type": "tool_use_delta", "id": self.started[index], "delta": slot["arguments"]})

@@ -10,11 +10,13 @@ import orjson
 from aiohttp import web
 
 from ..adapters import BackendRequest, Endpoint, UpstreamBroken
+from ..adapters.openai_stream import DONE
 from ..appkeys import RUNTIME, WORKSPACE
 from ..config.settings import Workspace
 from ..errors import CompanionError, sse_error_event
+from ..history import RequestRecord, prompt_text, usage_from_bytes
 from ..tools.agent_loop import MODE_HEADER, AgentLoop, RunnerHost, choose_mode
-from ..upstream.forwarding import Forwarded, forward, with_model
+from ..upstream.forwarding import Forwarded, forward, require_listed, with_model
 
 log = logging.getLogger("llmtune_companion.requests")
 
@@ -79,11 +81,7 @@ async def relay(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         if not isinstance(messages, list) or not messages:
             raise CompanionError(400, "'messages' must be a non-empty array", "invalid_messages")
     route = runtime.router.resolve(model)
-    backend = runtime.backends.get(route.backend)
-    if backend is not None and route.prefixed:
-        if await runtime.model_is_listed(backend, route.model, workspace) is False:
-            raise CompanionError(404, f"model {model!r} not found on backend {route.backend!r}; "
-                                      "GET /v1/models lists what is served", "model_not_found", {"model": model})
+    await require_listed(runtime, route, model, workspace, "/v1/models")
     headers = {name: request.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in request.headers}
     if endpoint in ("chat", "agent_chat"):
         mode = choose_mode(workspace.settings.tools, request.headers.get(MODE_HEADER))
@@ -94,7 +92,17 @@ async def relay(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
                                           f"workspace set {workspace.name} --root DIR`", "workspace_root_required")
             loop = AgentLoop(runtime, RunnerHost(runner), workspace, route, request, endpoint,
                              mode, workspace.settings.max_steps, model)
-            return await loop.run(payload, headers)
+            status = 500
+            try:
+                answer = await loop.run(payload, headers)
+                status = answer.status
+                return answer
+            except CompanionError as exc:
+                status = exc.status
+                raise
+            finally:
+                usage = (loop.usage.get("prompt_tokens"), loop.usage.get("completion_tokens"))
+                record_request(request, model, loop.backend, status, started, usage=usage, payload=payload)
     stream = payload.get("stream") is True
     upstream_request = with_model(
         BackendRequest(endpoint, body, stream, workspace.api_key, headers, payload), route.model
@@ -103,17 +111,29 @@ async def relay(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     try:
         response = await send_response(request, forwarded, workspace)
     finally:
-        log_request(request, model, forwarded, started)
+        log_request(request, model, forwarded, started, payload)
     return response
 
 
-def log_request(request: web.Request, model: str, forwarded: Forwarded, started: float) -> None:
+def log_request(request: web.Request, model: str, forwarded: Forwarded, started: float,
+                payload: dict[str, Any] | None = None) -> None:
+    record_request(request, model, forwarded.backend, forwarded.response.status, started, usage=forwarded.usage,
+                   fallback_from=forwarded.fallback_from, payload=payload)
+
+
+def record_request(request: web.Request, model: str, backend: str | None, status: int, started: float, *,
+                   usage: tuple[int | None, int | None] = (None, None), fallback_from: str | None = None,
+                   payload: dict[str, Any] | None = None) -> None:
+    """The request log line and the history entry (the dashboard's Activity) of one finished request."""
     runtime = request.app[RUNTIME]
-    if runtime.config.settings.server.log_requests:
-        # raw_path and repr: a client's newline cannot forge a log line.
-        elapsed = (time.perf_counter() - started) * 1000
-        runtime.request_log.add(f"{request.method} {request.raw_path} model={model!r} "
-                                f"backend={forwarded.backend} status={forwarded.response.status} {elapsed:.1f}ms")
+    settings = runtime.config.settings
+    workspace = request.get(WORKSPACE)
+    # raw_path: a client's newline cannot forge a log line (the model is shown with repr).
+    runtime.request_log.record(RequestRecord(
+        time.time(), request.method, request.raw_path, workspace.name if workspace else "", model, backend, status,
+        round((time.perf_counter() - started) * 1000, 2), usage[0], usage[1], fallback_from,
+        prompt_text(payload) if settings.history.store_content else None,
+    ), line=settings.server.log_requests)
 
 
 async def send_response(request: web.Request, forwarded: Forwarded, workspace: Workspace) -> web.StreamResponse:
@@ -133,6 +153,8 @@ async def send_response(request: web.Request, forwarded: Forwarded, workspace: W
         finally:
             await upstream.aclose()
         headers.pop("Content-Length", None)
+        if not is_error:
+            forwarded.usage = usage_from_bytes(body)
         return web.Response(status=upstream.status, body=scrub(body, workspace) if is_error else body,
                             headers=headers)
     return await stream_response(request, forwarded, headers, is_sse)
@@ -150,8 +172,11 @@ async def stream_response(
     try:
         await out.prepare(request)
         ended = False
+        # The usage of a stream is in its last event or two: keep the last two pieces to look there.
+        previous = last = b""
         try:
             async for chunk in upstream.chunks():
+                previous, last = last, chunk
                 if upstream.at_end:
                     # The last piece and the end of the body in one write: one wake-up less for the client.
                     await out.write_eof(chunk)
@@ -163,9 +188,11 @@ async def stream_response(
             if not is_sse:
                 raise  # the connection is dropped: a truncated JSON body must not look complete
             await out.write(sse_error_event(f"{exc}; the answer is incomplete", "upstream_broken"))
-            await out.write(b"data: [DONE]\n\n")
+            await out.write(DONE)
         if not ended:
             await out.write_eof()
+        if b"usage" in last or b"usage" in previous:
+            forwarded.usage = usage_from_bytes(previous + last)
     finally:
         await upstream.aclose()
     return out
@@ -187,13 +214,13 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     return await relay(request, "embeddings")
 
 
-def _wants_refresh(request: web.Request) -> bool:
+def wants_refresh(request: web.Request) -> bool:
     return "no-cache" in request.headers.get("Cache-Control", "") or request.query.get("refresh") in ("1", "true")
 
 
 async def list_models(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    body = await runtime.models_listing(request[WORKSPACE], refresh=_wants_refresh(request))
+    body = await runtime.models_listing(request[WORKSPACE], refresh=wants_refresh(request))
     return web.Response(body=body, content_type="application/json")
 
 
@@ -209,7 +236,7 @@ async def retrieve_model(request: web.Request) -> web.Response:
 async def agent_models(request: web.Request) -> web.Response:
     """The Agent API's own list shape, `{success, data, count}`, for clients set up for it."""
     runtime = request.app[RUNTIME]
-    models = await runtime.list_models(request[WORKSPACE], refresh=_wants_refresh(request))
+    models = await runtime.list_models(request[WORKSPACE], refresh=wants_refresh(request))
     data = [{"id": m["id"], "name": m.get("name") or m["id"], "owned_by": m.get("owned_by")} for m in models]
     return web.Response(body=orjson.dumps({"success": True, "data": data, "count": len(data)}),
                         content_type="application/json")

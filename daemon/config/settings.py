@@ -20,9 +20,10 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..tools.executor import ToolLimits
+from ..adapters import BackendSettings, BackendTable, check_http_url
 from ..tools.policy import ToolPolicySettings
 from .paths import Paths, write_private
+from .tool_limits import ToolLimits
 
 DEFAULT_PORT = 8742
 DEFAULT_HOSTED_URL = "https://api.llmtune.io"
@@ -88,32 +89,6 @@ class HostedSettings(_Strict):
         return check_http_url(value)
 
 
-class BackendSettings(_Strict):
-    type: Literal["openai", "echo", "bedrock"] = "openai"
-    # For bedrock, an optional endpoint override (a VPC endpoint, a test stand-in).
-    url: str | None = None
-    # AWS region of a bedrock backend; unset, the AWS chain decides (AWS_REGION, the profile).
-    region: str | None = None
-    # Name of an environment variable holding this backend's key (vLLM --api-key, LM Studio ...).
-    api_key_env: str | None = None
-    # Models to list when the server cannot list them itself.
-    models: tuple[str, ...] = ()
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        # Normalised like hosted.base_url: "http://host/v1/" must not become "/v1//chat/completions".
-        return None if value is None else check_http_url(value)
-
-    @model_validator(mode="after")
-    def _url_for_openai(self) -> BackendSettings:
-        if self.type == "openai" and not self.url:
-            raise ValueError("an openai backend needs url, e.g. http://127.0.0.1:8080/v1")
-        if self.region is not None and self.type != "bedrock":
-            raise ValueError("region is only read by a bedrock backend")
-        return self
-
-
 class RouteSettings(_Strict):
     match: str = Field(min_length=1)
     backend: str
@@ -170,17 +145,31 @@ class JobsSettings(_Strict):
         return self
 
 
+class HistorySettings(_Strict):
+    """`[history]`: the request history the dashboard shows (kept in <settings dir>/history.sqlite3)."""
+
+    # Keep the last message of each prompt too; off, only time, model, backend, status, duration, tokens.
+    store_content: bool = False
+    # Requests kept in memory for the Activity page.
+    ring_size: int = Field(2000, ge=10, le=100_000)
+    # Days kept on disk.
+    retention_days: float = Field(30.0, gt=0, le=3650)
+    # False: memory only, nothing written to disk.
+    persist: bool = True
+
+
 class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     cache: CacheSettings = CacheSettings()
     hosted: HostedSettings = HostedSettings()
-    backends: dict[str, BackendSettings] = {}
+    backends: dict[str, BackendTable] = {}
     routes: tuple[RouteSettings, ...] = ()
     workspaces: dict[str, WorkspaceSettings] = {}
     tools: ToolsSettings = ToolsSettings()
     jobs: JobsSettings = JobsSettings()
     llm_api: LlmApiSettings = LlmApiSettings()
+    history: HistorySettings = HistorySettings()
 
     @field_validator("backends", "workspaces")
     @classmethod
@@ -239,14 +228,13 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def check_http_url(value: str) -> str:
-    if not re.match(r"^https?://[^/\s]+", value):
-        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
-    return value.rstrip("/")
-
-
 def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def _unwrapped(annotation: Any) -> Any:
+    """`Annotated[Model, validator]` -> Model."""
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is typing.Annotated else annotation
 
 
 def _known_keys(loc: tuple[int | str, ...]) -> list[str] | None:
@@ -255,9 +243,9 @@ def _known_keys(loc: tuple[int | str, ...]) -> list[str] | None:
     for part in loc[:-1]:
         origin = typing.get_origin(target)
         if origin is dict:
-            target = typing.get_args(target)[1]
+            target = _unwrapped(typing.get_args(target)[1])
         elif origin is tuple:
-            target = typing.get_args(target)[0]
+            target = _unwrapped(typing.get_args(target)[0])
         elif isinstance(target, type) and issubclass(target, BaseModel) and part in target.model_fields:
             target = target.model_fields[str(part)].annotation
         else:

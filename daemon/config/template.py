@@ -26,14 +26,16 @@ HEADER = """\
 ## Reference: docs/settings.md
 """
 
-# The name shown for a table of named entries.
-EXAMPLE_NAMES = {"backends": "local", "workspaces": "myproject"}
+# The name shown for a table of named entries (backends: one example table per backend type).
+EXAMPLE_NAMES = {"workspaces": "myproject"}
+EXAMPLE_BACKENDS = {"openai": "local", "bedrock": "aws", "echo": "echo2"}
 
 # Values shown for settings without a default (unset, or required in their table).
 EXAMPLES: dict[str, Any] = {
     "hosted.fallback": "local/qwen2.5-coder",
     "backends.*.url": "http://127.0.0.1:8080/v1",
     "backends.*.region": "us-east-1",
+    "backends.aws.url": "https://bedrock-runtime.us-east-1.amazonaws.com",
     "backends.*.api_key_env": "LOCAL_API_KEY",
     "routes.match": "gpt-4*",
     "routes.backend": "local",
@@ -83,16 +85,34 @@ DESCRIPTIONS = {
 }
 
 
+def _unwrap(annotation: Any) -> Any:
+    """`Annotated[M, validators]` -> M."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
 def _model_of(annotation: Any) -> tuple[str, type[BaseModel]] | None:
     """("model", M), ("dict", M) or ("list", M) when a field holds settings models; None for a value."""
+    annotation = _unwrap(annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "model", annotation
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    origin, args = typing.get_origin(annotation), [_unwrap(arg) for arg in typing.get_args(annotation)]
     if origin is dict and args and isinstance(args[1], type) and issubclass(args[1], BaseModel):
         return "dict", args[1]
     if origin is tuple and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
         return "list", args[0]
     return None
+
+
+def backend_examples() -> dict[str, tuple[str, type[BaseModel]]]:
+    """Example table name -> (backend type, its settings model), for every type config.toml may name."""
+    from ..adapters import BACKEND_TYPES, BackendSettings
+
+    # A type that reads only the common keys (echo) needs no table of its own: openai's shows them.
+    return {EXAMPLE_BACKENDS.get(kind, f"my{kind}"): (kind, backend.settings_model)
+            for kind, backend in BACKEND_TYPES.items()
+            if backend.configurable and (kind == "openai" or backend.settings_model is not BackendSettings)}
 
 
 def _value(info: FieldInfo) -> Any:
@@ -109,8 +129,9 @@ def _toml(value: Any) -> str:
     return str(tomlkit.item(value).as_string())
 
 
-def _table(lines: list[str], model: type[BaseModel], header: str, key: str) -> None:
-    """`# [header]` then `# name = default` for each value, then its sub-tables."""
+def _table(lines: list[str], model: type[BaseModel], header: str, key: str,
+           fixed: dict[str, Any] | None = None) -> None:
+    """`# [header]` then `# name = default` for each value (`fixed` ones as given), then its sub-tables."""
     lines += ["", f"# {header}"]  # "## " lines stay comments when a person uncomments a table
     nested: list[tuple[str, str, type[BaseModel]]] = []
     for name, info in model.model_fields.items():
@@ -122,9 +143,10 @@ def _table(lines: list[str], model: type[BaseModel], header: str, key: str) -> N
         description = DESCRIPTIONS.get(dotted)
         if description:
             lines.append(f"## {description}")
-        value = _value(info)
+        value = (fixed or {}).get(name, _value(info))
         if value is None:
-            lines.append(f"# {name} = {_toml(EXAMPLES.get(dotted, ''))}    # unset by default; an example")
+            example = EXAMPLES.get(f"{header.strip('[]')}.{name}", EXAMPLES.get(dotted, ""))
+            lines.append(f"# {name} = {_toml(example)}    # unset by default; an example")
         else:
             lines.append(f"# {name} = {_toml(value)}")
     for name, _kind, sub in nested:
@@ -139,6 +161,9 @@ def render_template() -> str:
         shape, model = kind
         if shape == "model":
             _table(lines, model, f"[{name}]", name)
+        elif name == "backends":
+            for example, (kind, settings_model) in backend_examples().items():
+                _table(lines, settings_model, f"[{name}.{example}]", f"{name}.*", fixed={"type": kind})
         elif shape == "dict":
             example = EXAMPLE_NAMES.get(name, "NAME")
             _table(lines, model, f"[{name}.{example}]", f"{name}.*")

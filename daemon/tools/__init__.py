@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from ..config.paths import Paths
+from ..config.tool_limits import ToolLimits
 from .approvals import APPROVAL_PENDING, APPROVAL_RESOLVED, TOOL_EXECUTED, ApprovalBroker, Decision, Subscription
 from .audit import AuditLog, audit_file, scrub, summarise_arguments
 from .definitions import (
@@ -31,10 +32,12 @@ from .definitions import (
     parse_openai_tool_call,
     tool_definitions,
 )
-from .executor import Executor, Preview, ToolLimits, ToolResult, execute, scrub_environment
+from .executor import Executor, execute
 from .journal import Journal, UndoEntry, UndoError, undo_dir
 from .policy import Policy, PolicyDecision, Rule, ToolPolicySettings
+from .results import Preview, ToolResult
 from .sandbox import PathChangedError, ResolvedPath, Sandbox, SandboxError
+from .terminal import scrub_environment
 
 __all__ = [
     "APPROVAL_PENDING",

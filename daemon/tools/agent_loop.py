@@ -13,16 +13,23 @@ happens, the final answer, then `[DONE]`.
 from __future__ import annotations
 
 import logging
-import time
-import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import orjson
 from aiohttp import web
 
 from ..adapters import BackendRequest, UpstreamBroken
+from ..adapters.openai_stream import (
+    DONE,
+    SSE_HEADERS,
+    ChunkWriter,
+    FunctionCall,
+    Turn,
+    completion,
+    sse_events,
+    wire_calls,
+)
 from ..config.settings import Workspace
 from ..errors import CompanionError, sse_error_event
 from ..runtime import Runtime
@@ -40,13 +47,6 @@ MODE_STRICTNESS: dict[str, int] = {"passthrough": 0, "gate": 1, "execute": 1}
 
 
 @dataclass(frozen=True, slots=True)
-class ToolCall:
-    id: str
-    name: str
-    arguments: str  # the JSON text the model produced
-
-
-@dataclass(frozen=True, slots=True)
 class ToolVerdict:
     allowed: bool
     reason: str = ""
@@ -56,9 +56,9 @@ class ToolVerdict:
 class ToolHost(Protocol):
     """What the agent loop needs from the tools package (policy, approvals, execution)."""
 
-    async def authorize(self, workspace: Workspace, call: ToolCall) -> ToolVerdict: ...
+    async def authorize(self, workspace: Workspace, call: FunctionCall) -> ToolVerdict: ...
 
-    async def execute(self, workspace: Workspace, call: ToolCall) -> str: ...
+    async def execute(self, workspace: Workspace, call: FunctionCall) -> str: ...
 
     def definitions(self) -> list[dict[str, Any]]: ...
 
@@ -75,106 +75,18 @@ def choose_mode(configured: ToolMode, header: str | None) -> ToolMode:
     return wanted  # type: ignore[return-value]
 
 
-@dataclass(slots=True)
-class Turn:
-    """One model answer, assembled from a whole response or from stream chunks."""
-
-    content: list[str] = field(default_factory=list)
-    calls: dict[int, dict[str, Any]] = field(default_factory=dict)
-    finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
-    model: str | None = None
-    ident: str | None = None
-
-    def feed_chunk(self, chunk: dict[str, Any]) -> str | None:
-        """Take one stream chunk; return its content delta, if any."""
-        self.model = self.model or chunk.get("model")
-        self.ident = self.ident or chunk.get("id")
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
-        text: str | None = None
-        for choice in chunk.get("choices") or []:
-            if choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            if isinstance(delta.get("content"), str) and delta["content"]:
-                text = delta["content"]
-                self.content.append(text)
-            for part in delta.get("tool_calls") or []:
-                slot = self.calls.setdefault(int(part.get("index", 0)), {"id": "", "name": "", "arguments": ""})
-                slot["id"] = part.get("id") or slot["id"]
-                function = part.get("function") or {}
-                slot["name"] = function.get("name") or slot["name"]
-                slot["arguments"] += function.get("arguments") or ""
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
-        return text
-
-    def feed_message(self, body: dict[str, Any]) -> None:
-        self.model, self.ident, self.usage = body.get("model"), body.get("id"), body.get("usage")
-        choice = (body.get("choices") or [{}])[0]
-        message = choice.get("message") or {}
-        if isinstance(message.get("content"), str):
-            self.content.append(message["content"])
-        for index, call in enumerate(message.get("tool_calls") or []):
-            function = call.get("function") or {}
-            self.calls[index] = {"id": call.get("id") or "", "name": function.get("name") or "",
-                                 "arguments": function.get("arguments") or ""}
-        self.finish_reason = choice.get("finish_reason")
-
-    def tool_calls(self) -> list[ToolCall]:
-        return [ToolCall(c["id"] or f"call_{uuid.uuid4().hex[:12]}", c["name"], c["arguments"] or "{}")
-                for _, c in sorted(self.calls.items())]
-
-    @property
-    def text(self) -> str:
-        return "".join(self.content)
-
-
-def _wire_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
-    return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in calls]
-
-
-async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any] | None]:
-    """Parse an OpenAI SSE stream into chunk objects; None marks `[DONE]`."""
-    buffer = b""
-    async for data in chunks:
-        buffer += data.replace(b"\r\n", b"\n")
-        while b"\n\n" in buffer:
-            event, buffer = buffer.split(b"\n\n", 1)
-            for line in event.split(b"\n"):
-                if not line.startswith(b"data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    yield None
-                    continue
-                try:
-                    parsed = orjson.loads(payload)
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(parsed, dict):
-                    if "error" in parsed:
-                        raise UpstreamBroken(str((parsed.get("error") or {}).get("message") or "upstream error"))
-                    yield parsed
-
-
 class ClientStream:
     """The client's SSE stream, opened on first write, in OpenAI's chunk shape."""
 
     def __init__(self, request: web.Request, headers: dict[str, str], model: str) -> None:
         self.request = request
         self.headers = headers
-        self.model = model
-        self.ident = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        self.created = int(time.time())
+        self.chunks = ChunkWriter(model)
         self.response: web.StreamResponse | None = None
 
     async def open(self) -> web.StreamResponse:
         if self.response is None:
-            headers = {**self.headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                       "X-Accel-Buffering": "no"}
+            headers = {**self.headers, **SSE_HEADERS, "X-Accel-Buffering": "no"}
             self.response = web.StreamResponse(status=200, headers=headers)
             await self.response.prepare(self.request)
             await self.chunk({"role": "assistant", "content": ""})
@@ -184,19 +96,17 @@ class ClientStream:
         response = await self.open()
         await response.write(data)
 
-    async def chunk(self, delta: dict[str, Any], finish_reason: str | None = None,
-                    usage: dict[str, Any] | None = None) -> None:
-        body: dict[str, Any] = {"id": self.ident, "object": "chat.completion.chunk", "created": self.created,
-                                "model": self.model,
-                                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
-        if usage is not None:
-            body["usage"] = usage
+    async def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> None:
         response = self.response or await self.open()
-        await response.write(b"data: " + orjson.dumps(body) + b"\n\n")
+        await response.write(self.chunks.delta(delta, finish_reason))
+
+    async def usage(self, usage: dict[str, Any]) -> None:
+        response = self.response or await self.open()
+        await response.write(self.chunks.usage(usage))
 
     async def close(self) -> web.StreamResponse:
         response = await self.open()
-        await response.write(b"data: [DONE]\n\n")
+        await response.write(DONE)
         await response.write_eof()
         return response
 
@@ -249,7 +159,7 @@ class AgentLoop:
                 notes.append(f"[companion] stopped after {self.max_steps} tool steps; the model still asked "
                              f"for {', '.join(c.name for c in calls)}.")
                 return await self.finish(turn, client, notes, calls=[])
-            messages.append({"role": "assistant", "content": turn.text or None, "tool_calls": _wire_calls(calls)})
+            messages.append({"role": "assistant", "content": turn.text or None, "tool_calls": wire_calls(calls)})
             for call in calls:
                 result = await self.execute(call, client)
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
@@ -300,7 +210,7 @@ class AgentLoop:
         finally:
             await response.aclose()
 
-    async def gate(self, calls: list[ToolCall], notes: list[str]) -> list[ToolCall]:
+    async def gate(self, calls: list[FunctionCall], notes: list[str]) -> list[FunctionCall]:
         allowed = []
         for call in calls:
             verdict = await self.host.authorize(self.workspace, call)
@@ -311,7 +221,7 @@ class AgentLoop:
                              f"(decided by {verdict.by}).")
         return allowed
 
-    async def execute(self, call: ToolCall, client: ClientStream | None) -> str:
+    async def execute(self, call: FunctionCall, client: ClientStream | None) -> str:
         if client is not None:
             await client.chunk({"content": f"\n\n[companion] {call.name}({_short(call.arguments)})\n"})
         result = await self.host.execute(self.workspace, call)
@@ -321,7 +231,7 @@ class AgentLoop:
         return result
 
     async def finish(self, turn: Turn, client: ClientStream | None, notes: list[str],
-                     calls: list[ToolCall]) -> web.StreamResponse:
+                     calls: list[FunctionCall]) -> web.StreamResponse:
         note = ("\n\n" + "\n".join(notes)) if notes else ""
         finish_reason = "tool_calls" if calls else (turn.finish_reason if turn.finish_reason != "tool_calls"
                                                      else "stop")
@@ -330,20 +240,16 @@ class AgentLoop:
             if note:
                 await client.chunk({"content": note})
             if calls:
-                wire = [{"index": i, **call} for i, call in enumerate(_wire_calls(calls))]
-                await client.chunk({"tool_calls": wire})
+                await client.chunk({"tool_calls": [call.to_wire(i) for i, call in enumerate(calls)]})
             await client.chunk({}, finish_reason)
             if self.usage:
-                await client.chunk({}, None, usage=self.usage)
+                await client.usage(self.usage)
             return await client.close()
         message: dict[str, Any] = {"role": "assistant", "content": (turn.text + note) or None}
         if calls:
-            message["tool_calls"] = _wire_calls(calls)
-        body = {"id": turn.ident or f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
-                "created": int(time.time()), "model": turn.model or self.route.model,
-                "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}]}
-        if self.usage:
-            body["usage"] = self.usage
+            message["tool_calls"] = wire_calls(calls)
+        body = completion(turn.model or self.route.model, message, finish_reason, ident=turn.ident,
+                          usage=self.usage)
         return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
@@ -361,12 +267,11 @@ class RunnerHost:
     def definitions(self) -> list[dict[str, Any]]:
         return self.runner.definitions()
 
-    async def execute(self, workspace: Workspace, call: ToolCall) -> str:
-        wire = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
-        result = await self.runner.run(workspace.name, wire)
+    async def execute(self, workspace: Workspace, call: FunctionCall) -> str:
+        result = await self.runner.run(workspace.name, call.to_wire())
         return result.content
 
-    async def authorize(self, workspace: Workspace, call: ToolCall) -> ToolVerdict:
+    async def authorize(self, workspace: Workspace, call: FunctionCall) -> ToolVerdict:
         """Gate mode: the IDE runs the call, so only the decision is made here, never the call."""
         runner = self.runner
         try:

@@ -26,7 +26,7 @@ from typing import Any
 
 from .audit import summarise_arguments
 from .definitions import ToolCall
-from .executor import Preview
+from .results import Preview
 
 APPROVAL_PENDING = "approval.pending"
 APPROVAL_RESOLVED = "approval.resolved"

@@ -58,6 +58,8 @@ class Forwarded:
     backend: str
     fallback_from: str | None = None
     retries: int = 0
+    # (prompt, completion) tokens when the answer reported usage; set while it is relayed.
+    usage: tuple[int | None, int | None] = (None, None)
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -111,7 +113,7 @@ async def forward(
             named = f"{route.backend}/{route.model}" if route.prefixed else route.model
             failure = CompanionError(404, not_configured_message(named, route.backend, runtime.backends),
                                      "backend_not_found", {"backend": route.backend})
-        elif backend.kind == "llmtune" and not request.api_key:
+        elif backend.injects_workspace_key and not request.api_key:
             message = missing_key_message(workspace.name)
             if runtime.router.suggestion(route.model) is not None:
                 message += f" ({runtime.router.sent_to_hosted(route.model)})"
@@ -122,11 +124,11 @@ async def forward(
             except BackendUnavailable as exc:
                 code = "upstream_timeout" if exc.timeout else "upstream_unreachable"
                 message = str(exc)
-                if backend.kind == "llmtune" and runtime.router.suggestion(route.model) is not None:
+                if backend.injects_workspace_key and runtime.router.suggestion(route.model) is not None:
                     message += f" ({runtime.router.sent_to_hosted(route.model)})"
                 failure = CompanionError(504 if exc.timeout else 502, message, code, {"backend": backend.name})
             else:
-                if (response.status == 404 and backend.kind == "llmtune" and request.endpoint in MODEL_ENDPOINTS
+                if (response.status == 404 and backend.injects_workspace_key and request.endpoint in MODEL_ENDPOINTS
                         and await runtime.model_is_listed(backend, route.model, workspace) is False):
                     raise await unknown_hosted_model(runtime, route, response)
                 bad = response.status >= 500 or response.status == 402
@@ -145,6 +147,17 @@ async def forward(
         target = runtime.router.resolve(route.fallback)
         route = replace(target, fallback=None)
         request = with_model(request, route.model)
+
+
+async def require_listed(runtime: Runtime, route: Route, model: str, workspace: Workspace, listing: str) -> None:
+    """A `backend/model` id must be in that backend's list (when the list is known); `listing` is the
+    endpoint the 404 points the client to."""
+    backend = runtime.backends.get(route.backend)
+    if backend is None or not route.prefixed:
+        return
+    if await runtime.model_is_listed(backend, route.model, workspace) is False:
+        raise CompanionError(404, f"model {model!r} not found on backend {route.backend!r}; "
+                                  f"GET {listing} lists what is served", "model_not_found", {"model": model})
 
 
 def with_model(request: BackendRequest, model: str) -> BackendRequest:

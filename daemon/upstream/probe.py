@@ -7,7 +7,6 @@ It neither fills nor refreshes the model cache: a status check must not change w
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import time
 from typing import Any
 
@@ -19,17 +18,10 @@ from ..runtime import Runtime, UpstreamStatusError
 PROBE_TIMEOUT = 5.0
 
 
-def missing_dependency(backend: Backend) -> str | None:
-    """What a backend cannot work without, when it is not installed."""
-    if backend.kind == "bedrock" and importlib.util.find_spec("boto3") is None:
-        return "boto3 is not installed: pip install boto3 (in a checkout: pip install -e '.[bedrock]')"
-    return None
-
-
 def _probe_workspace(runtime: Runtime, backend: Backend) -> Workspace:
     """The workspace whose key the probe sends: for the hosted API, the first one that has a key."""
     workspaces = list(runtime.config.workspaces.values())
-    if backend.kind == "llmtune":
+    if backend.injects_workspace_key:
         with_key = [ws for ws in workspaces if ws.has_key]
         if with_key:
             return with_key[0]
@@ -40,7 +32,7 @@ async def probe(runtime: Runtime, backend: Backend) -> dict[str, Any]:
     """`{reachable, latency_ms, models, error}`: reachable is True once the backend answered HTTP at all."""
     result: dict[str, Any] = {"name": backend.name, "type": backend.kind, "url": backend.url,
                               "reachable": False, "latency_ms": None, "models": None, "error": None}
-    problem = missing_dependency(backend)
+    problem = backend.missing_dependency()
     if problem is not None:
         result["error"] = problem
         return result

@@ -1,4 +1,4 @@
-"""The AWS Bedrock backend (adapters/bedrock.py) against a loopback Converse stand-in.
+"""The AWS Bedrock backend (adapters/bedrock/) against a loopback Converse stand-in.
 
 Nothing reaches AWS: every client is pointed at the stand-in (endpoint override), credentials are
 dummies from the environment, the instance-metadata lookup is disabled and no AWS config file is read.
@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestServer
 from botocore.config import Config
 from botocore.exceptions import ClientError, EventStreamError
 from llmtune_companion.adapters import BACKEND_TYPES, AdapterContext, BackendRequest, BedrockBackend
-from llmtune_companion.adapters.bedrock import StreamTranslator, from_converse, to_converse
+from llmtune_companion.adapters.bedrock.converse import ConverseStreamTranslator, from_converse, to_converse
 from llmtune_companion.adapters.http1 import ConnectionPool
 
 from tests.conftest import Daemon, StartDaemon
@@ -211,7 +211,7 @@ def test_converse_response_to_openai() -> None:
 
 
 def test_stream_events_to_chunks() -> None:
-    translator = StreamTranslator(MODEL, include_usage=True)
+    translator = ConverseStreamTranslator(MODEL, include_usage=True)
     events = [
         {"messageStart": {"role": "assistant"}},
         {"contentBlockDelta": {"contentBlockIndex": 0, "delta": {"text": "Hi"}}},
@@ -282,7 +282,7 @@ class StalledStream:
 
 
 async def test_closing_a_stalled_stream_never_blocks_the_event_loop() -> None:
-    from llmtune_companion.adapters.bedrock import _EventPump
+    from llmtune_companion.adapters.bedrock.backend import _EventPump
 
     stream = StalledStream()
     pump = _EventPump(stream, asyncio.get_running_loop())

@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 import pytest
 from llmtune_companion.api.llm_translate import (
-    StreamTranslator,
+    RoutingStreamTranslator,
     from_openai_response,
     parse_arguments,
     stop_reason,
@@ -187,7 +187,7 @@ def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, usage:
 
 
 def test_stream_translation_text() -> None:
-    t = StreamTranslator("mine")
+    t = RoutingStreamTranslator("mine")
     events = [e for c in [chunk({"role": "assistant", "content": ""}), chunk({"content": "2 + 2"}),
                           chunk({"content": " = 4"}), chunk({}, "stop"),
                           chunk(None, usage={"prompt_tokens": 15, "completion_tokens": 8})] for e in t.feed(c)]
@@ -201,7 +201,7 @@ def test_stream_translation_text() -> None:
 
 
 def test_stream_translation_tool_calls() -> None:
-    t = StreamTranslator("mine")
+    t = RoutingStreamTranslator("mine")
     chunks = [
         chunk({"role": "assistant", "content": None}),
         chunk({"tool_calls": [{"index": 0, "id": "c1", "type": "function",
@@ -228,14 +228,14 @@ def test_stream_translation_tool_calls() -> None:
 
 
 def test_stream_translation_without_finish_reason_stops_at_finish() -> None:
-    t = StreamTranslator("mine")
+    t = RoutingStreamTranslator("mine")
     assert t.feed(chunk({"content": "hi"})) == [{"type": "content_delta", "delta": "hi"}]
     assert [e["type"] for e in t.finish()] == ["message_stop", "metadata"]
 
 
 def test_stream_translation_of_a_whole_answer() -> None:
     """A backend that answered a stream request whole still gives the client the event sequence."""
-    t = StreamTranslator("mine")
+    t = RoutingStreamTranslator("mine")
     body = {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
         "role": "assistant", "content": "Checking.",
         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}]}}],

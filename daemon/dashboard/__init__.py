@@ -1,0 +1,1 @@
+"""The dashboard: a local web page served by the daemon under /dashboard/ (see docs/dashboard.md)."""
