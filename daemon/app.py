@@ -61,10 +61,11 @@ def create_app(paths: Paths, config: Config | None = None, *, watch: bool = True
         runtime = Runtime(paths, config, session, pool)
         app[RUNTIME] = runtime
         await runtime.history.open()
+        runtime.detect_in_background()
         yield
         runtime.request_log.flush()
         await runtime.history.aclose()
-        await runtime.model_cache.aclose()
+        await runtime.aclose()
         await pool.aclose()
         await session.close()
 

@@ -14,10 +14,17 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .adapters import BACKEND_TYPES, AdapterContext, Backend, BackendRequest, LLMTuneBackend
+from .adapters import BACKEND_TYPES, AdapterContext, Backend, BackendRequest, BackendSettings, LLMTuneBackend
 from .adapters.http1 import ConnectionPool
 from .config.paths import Paths
-from .config.settings import ECHO_BACKEND, HOSTED_BACKEND, Config, ConfigError, Workspace, load_config
+from .config.settings import (
+    ECHO_BACKEND,
+    HOSTED_BACKEND,
+    Config,
+    ConfigError,
+    Workspace,
+    load_config,
+)
 from .history import HISTORY_FILE, History
 from .logs import RequestLog
 from .tools import ToolRunner
@@ -25,6 +32,7 @@ from .tools.approvals import ApprovalBroker
 from .tools.audit import AuditLog
 from .tools.journal import Journal
 from .tools.policy import Policy
+from .upstream.autodetect import Autodetector, wanted
 from .upstream.model_cache import CachedList, ModelList, ModelListCache
 from .upstream.routing import Router
 
@@ -82,6 +90,8 @@ class Runtime:
         self.approvals = ApprovalBroker(timeout=config.settings.tools.approval_timeout)
         self.journal = Journal.for_paths(paths)
         self.audit = AuditLog.for_paths(paths)
+        # Local servers found on their well-known ports; what it finds outlives reloads.
+        self.autodetect = Autodetector(session, self._detected_changed)
         self.built = self._build(config)
         self._listing_memo: dict[str, tuple[tuple[Any, ...], bytes]] = {}
 
@@ -112,6 +122,9 @@ class Runtime:
             backends[HOSTED_BACKEND] = LLMTuneBackend(HOSTED_BACKEND, context, url=config.hosted_url)
         for name, spec in config.backends.items():
             backends[name] = BACKEND_TYPES[spec.type].from_settings(name, context, spec)
+        for name, url in self._detected(config).items():
+            found = BackendSettings(type="openai", url=url)
+            backends[name] = BACKEND_TYPES["openai"].from_settings(name, context, found)
         tokens = tuple((ws.token.encode(), ws) for ws in config.workspaces.values())
         runners = {
             ws.name: self._tool_runner(ws)
@@ -119,6 +132,31 @@ class Runtime:
             if ws.settings.root is not None
         }
         return Built(config, backends, Router(config.settings, backends), tokens, runners)
+
+    def _detected(self, config: Config) -> dict[str, str]:
+        if not config.settings.autodetect.enabled:
+            return {}
+        return wanted(self.autodetect.found, config.backends)
+
+    def _detected_changed(self) -> None:
+        self.built = self._build(self.config)
+        self._listing_memo.clear()
+
+    def detect_in_background(self, *, older_than: float = 0.0) -> None:
+        """Probe for local servers without waiting (at start, and when model lists are refreshed)."""
+        settings = self.config.settings
+        self.autodetect.kick(settings.autodetect, older_than=older_than, skip_port=settings.server.port)
+
+    async def detect_local_servers(self) -> None:
+        """Probe for local servers and wait for the answer (for the command line, never for a request)."""
+        self.detect_in_background()
+        await self.autodetect.wait()
+
+    async def aclose(self) -> None:
+        """Stop the background work this runtime owns (a second call does nothing more)."""
+        await self.autodetect.aclose()
+        await self.history.aclose()
+        await self.model_cache.aclose()
 
     def _tool_runner(self, workspace: Workspace) -> ToolRunner:
         assert workspace.settings.root is not None
@@ -152,6 +190,7 @@ class Runtime:
             log.error("config reload failed, keeping the last good settings: %s", exc)
             return False
         self.built = self._build(config)
+        self.detect_in_background()  # the ports to probe may have changed
         self.model_cache.ttl = config.settings.cache.models_ttl
         self.approvals.timeout = config.settings.tools.approval_timeout
         self.history.store_content = config.settings.history.store_content
@@ -220,6 +259,8 @@ class Runtime:
 
     async def list_models(self, workspace: Workspace, *, refresh: bool = False) -> ModelList:
         """Every model this workspace can use, under the ids clients send back."""
+        # A refresh of the lists is also when new local servers are looked for (never waited for here).
+        self.detect_in_background(older_than=0.0 if refresh else self.model_cache.ttl)
         merged: ModelList = []
         for backend, listed in await self._all_lists(workspace, refresh):
             if listed is None:
@@ -293,6 +334,7 @@ class Runtime:
             ],
             "backends": [backend.describe() for backend in self.backends.values()],
             "model_cache": self.model_cache.status(),
+            "autodetect": self.autodetect.status(config.settings.autodetect, self._detected(config)),
         }
 
 

@@ -48,6 +48,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL = ("sh", "bash", "console", "shell")
 DOCUMENTED = "127.0.0.1:8742"
 BLOCK_TIMEOUT = 90.0
+SETUP = re.compile(r"^(eval |export |[A-Z_][A-Z0-9_]*=\S+$)")
 FENCE = re.compile(r"(?:<!-- not-run: (?P<reason>[^\n]*?) -->\n)?^```(?P<lang>[\w-]*)\n(?P<body>.*?)^```$",
                    re.S | re.M)
 
@@ -148,6 +149,10 @@ class Page:
         bin_dir = str(Path(sys.executable).parent)
         cli.env.update(LLMTUNE_BASE_URL=standin.url, HOME=str(home), PATH=f"{bin_dir}:{os.environ['PATH']}")
         self.port = 0
+        # What earlier shell blocks of the page set up (`eval "$(...)"`, `export X=...`, `TOKEN=$(...)`),
+        # run again before each later block, as in the one terminal a reader would use.
+        self.prelude: list[str] = []
+        self.count = 0
 
     async def ensure_daemon(self) -> None:
         """Examples may stop, restart or reset it: each one starts with a daemon and a key."""
@@ -166,12 +171,15 @@ class Page:
         await self.ensure_daemon()
         if block.lang in SHELL:
             script = self.localize(block.body).replace("curl ", "curl --fail-with-body ")
-            argv = ["bash", "-euo", "pipefail", "-c", script]
         elif block.lang == "python":
-            argv = [sys.executable, "-c", self.localize(block.body)]
+            self.count += 1
+            program = self.tmp_path / f"example-{self.count}.py"
+            program.write_text(self.localize(block.body), encoding="utf-8")
+            script = f"python {shlex.quote(str(program))}"
         else:
             await self.continue_config(block)
             return
+        argv = ["bash", "-euo", "pipefail", "-c", "\n".join([*self.prelude, script])]
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env=self.cli.env, cwd=self.tmp_path)
@@ -179,18 +187,25 @@ class Page:
         self.cli.printed.append(err.decode())
         assert process.returncode == 0, f"{block.where} failed ({process.returncode}):\n{out.decode()[-3000:]}\n" \
                                         f"{err.decode()[-3000:]}"
+        if block.lang in SHELL:
+            self.prelude += [line for line in self.localize(block.body).splitlines() if SETUP.match(line)]
 
     async def continue_config(self, block: Block) -> None:
         """A Continue config.yaml: Continue's required keys, and every model answers as Continue asks."""
         config = yaml.safe_load(self.localize(block.body))
         assert {"name", "version", "schema"} <= set(config) and config["schema"] == "v1", block.where
         token = load_config(self.cli.paths).workspaces["default"].token
+        auth = {"Authorization": f"Bearer {token}"}
         async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{self.port}/v1/models", headers=auth) as response:
+                served = {model["id"] for model in (await response.json())["data"]}
             for model in config["models"]:
                 assert model["provider"] == "openai" and model["apiKey"].startswith("lct_"), block.where
+                if model["model"] not in served and model["model"].startswith("local/"):
+                    continue  # an example for a machine with a local GPU server; none runs here
                 async with http.post(model["apiBase"] + "/chat/completions",
                                      json={"model": model["model"], "messages": [{"role": "user", "content": "hi"}]},
-                                     headers={"Authorization": f"Bearer {token}"}) as response:
+                                     headers=auth) as response:
                     assert response.status == 200, f"{block.where}: {model['name']}: {await response.text()}"
 
 

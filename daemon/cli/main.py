@@ -10,10 +10,10 @@ import sys
 
 from .. import __version__
 from ..config.paths import Paths
-from . import dashboard, jobs, lifecycle, models, serve, tools, workspace
+from . import connect, dashboard, jobs, lifecycle, models, serve, tools, workspace
 from .common import CLIError
 
-COMMANDS = (serve, lifecycle, workspace, models, tools, jobs, dashboard)
+COMMANDS = (serve, lifecycle, workspace, models, tools, jobs, dashboard, connect)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,10 +30,11 @@ async def _in_process(paths: Paths, workspace_name: str, *, refresh: bool, model
     async with make_session(config) as session, make_pool(config) as pool:
         runtime = Runtime(paths, config, session, pool)
         try:
+            await runtime.detect_local_servers()
             listed = await runtime.list_models(workspace, refresh=refresh) if models else []
             return listed, (await probe_all(runtime) if probes else [])
         finally:
-            await runtime.model_cache.aclose()
+            await runtime.aclose()
 
 
 def _probes(paths: Paths, url: str | None) -> list[dict[str, Any]]:
@@ -139,6 +140,12 @@ def _format_status(report: dict[str, Any]) -> str:
         where = f", {backend['url']}" if backend.get("url") else ""
         probe = _format_probe(probed.get(backend["name"]))
         lines.append(f"backend:   {backend['name']} ({backend['type']}{where}){probe}")
+    detect = report.get("autodetect") or {}
+    for found in detect.get("found", []):
+        used = "" if found.get("backend") else " (not used: a configured backend has its name or URL)"
+        lines.append(f"detected:  {found['name']} at {found['url']}{used}")
+    if detect and not detect.get("enabled"):
+        lines.append("detected:  off ([autodetect] enabled = false)")
     for row in report.get("model_cache", []):
         state = "STALE" if row["stale"] else "fresh"
         extra = f", last error: {row['error']}" if row.get("error") else ""

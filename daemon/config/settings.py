@@ -145,6 +145,36 @@ class JobsSettings(_Strict):
         return self
 
 
+# Where local OpenAI-compatible servers listen by default; each found one becomes a backend of that name.
+DetectedServer = Literal["ollama", "lmstudio", "llamacpp", "vllm"]
+AUTODETECT_PORTS: dict[DetectedServer, int] = {"ollama": 11434, "lmstudio": 1234, "llamacpp": 8080, "vllm": 8000}
+
+
+class AutodetectSettings(_Strict):
+    enabled: bool = True
+    # Replaces the whole list: `ports = { llamacpp = 8081 }` probes only llama.cpp's server, on 8081.
+    ports: dict[DetectedServer, int] = Field(default_factory=lambda: dict(AUTODETECT_PORTS))
+    # Seconds one probe (`GET /v1/models` on 127.0.0.1) may take; requests never wait for it.
+    timeout: float = Field(0.5, gt=0, le=10)
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, port in value.items():
+            if not 1 <= port <= 65535:
+                raise ValueError(f"{name}: port {port} is not between 1 and 65535")
+        return value
+
+
+class TunnelSettings(_Strict):
+    """`connect cursor`: the restricted listener a public tunnel forwards to."""
+
+    # Its loopback port; 0 picks a free one each time.
+    port: int = Field(0, ge=0, le=65535)
+    # Requests per minute it answers (all callers together); the rest get 429 with Retry-After.
+    requests_per_minute: int = Field(60, ge=1, le=100_000)
+
+
 class HistorySettings(_Strict):
     """`[history]`: the request history the dashboard shows (kept in <settings dir>/history.sqlite3)."""
 
@@ -170,6 +200,8 @@ class Settings(_Strict):
     jobs: JobsSettings = JobsSettings()
     llm_api: LlmApiSettings = LlmApiSettings()
     history: HistorySettings = HistorySettings()
+    autodetect: AutodetectSettings = AutodetectSettings()
+    tunnel: TunnelSettings = TunnelSettings()
 
     @field_validator("backends", "workspaces")
     @classmethod

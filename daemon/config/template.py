@@ -124,8 +124,13 @@ def _value(info: FieldInfo) -> Any:
 
 
 def _toml(value: Any) -> str:
+    """A value on one line, as it would follow `name = ` (a mapping as an inline table)."""
     if isinstance(value, tuple):
         value = list(value)
+    if isinstance(value, dict):
+        table = tomlkit.inline_table()
+        table.update(value)
+        return str(table.as_string())
     return str(tomlkit.item(value).as_string())
 
 

@@ -38,6 +38,7 @@ def uncommented(text: str) -> str:
 
 def test_every_setting_appears_commented_out_under_its_table() -> None:
     text = render_template()
+    assert all(line == "" or line.startswith("#") for line in text.splitlines()), "every line commented out"
     # Commented out: the template alone means the defaults.
     assert validate_settings(tomllib.loads(text)) == Settings()
     # Uncommented, it is valid TOML, with every setting in its table.
