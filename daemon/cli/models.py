@@ -125,7 +125,9 @@ def _format_probe(row: dict[str, Any] | None) -> str:
 
 def _format_status(report: dict[str, Any]) -> str:
     lines = [f"daemon:    {'running at ' + report['url'] if report['running'] else 'not running'}",
-             f"settings:  {report['settings_dir']}", f"log:       {report['log']}"]
+             f"settings:  {report['settings_dir']}"]
+    if report.get("log"):
+        lines.append(f"log:       {report['log']}")
     config = report.get("config", {})
     lines.append("config:    valid" if config.get("valid") else f"config:    INVALID: {config.get('error')}"
                  + (" (the daemon keeps its last good settings)" if report["running"] else ""))

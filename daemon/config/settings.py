@@ -288,7 +288,7 @@ def _known_keys(loc: tuple[int | str, ...]) -> list[str] | None:
 
 
 # pydantic's wording -> plain words (the prefix pydantic puts before our own validators' messages goes).
-PLAIN_MESSAGES = {"missing": "required, but missing", "bool_type": "Input should be true or false"}
+PLAIN_MESSAGES = {"bool_type": "Input should be true or false"}
 
 
 def format_validation(error: ValidationError, source: str) -> str:

@@ -167,8 +167,8 @@ def render_template() -> str:
         if shape == "model":
             _table(lines, model, f"[{name}]", name)
         elif name == "backends":
-            for example, (kind, settings_model) in backend_examples().items():
-                _table(lines, settings_model, f"[{name}.{example}]", f"{name}.*", fixed={"type": kind})
+            for example, (backend_type, settings_model) in backend_examples().items():
+                _table(lines, settings_model, f"[{name}.{example}]", f"{name}.*", fixed={"type": backend_type})
         elif shape == "dict":
             example = EXAMPLE_NAMES.get(name, "NAME")
             _table(lines, model, f"[{name}.{example}]", f"{name}.*")
