@@ -34,5 +34,6 @@ def discover() -> tuple[list[str], dict[str, str]]:
 
 
 packages, package_dir = discover()
-data_files = ["py.typed", "*.html", "*.js", "*.css", "*.png", "static/*.html", "static/*.js", "static/*.css"]
+data_files = ["py.typed", "*.html", "*.js", "*.css", "*.png", "static/*.html", "static/*.js", "static/*.css", "*.sh",
+              "*.ps1"]
 setup(packages=packages, package_dir=package_dir, package_data={name: data_files for name in packages})

@@ -24,6 +24,7 @@ from .config.settings import (
     ConfigError,
     Workspace,
     load_config,
+    secrets_status,
 )
 from .history import HISTORY_FILE, History
 from .logs import RequestLog
@@ -110,6 +111,8 @@ class Runtime:
         return self.built.router
 
     def _build(self, config: Config) -> Built:
+        for warning in config.secrets_warnings:  # a keychain that does not answer (never a key)
+            log.warning("keys: %s", warning)
         upstream = config.settings.upstream
         context = AdapterContext(
             pool=self.pool,
@@ -332,6 +335,7 @@ class Runtime:
                 {"name": ws.name, "has_key": ws.has_key, "key_source": ws.key_source}
                 for ws in config.workspaces.values()
             ],
+            "secrets": secrets_status(config),
             "backends": [backend.describe() for backend in self.backends.values()],
             "model_cache": self.model_cache.status(),
             "autodetect": self.autodetect.status(config.settings.autodetect, self._detected(config)),

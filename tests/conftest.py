@@ -46,6 +46,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paths:
     monkeypatch.setenv(HOME_ENV, str(root))
     for name in (ENV_API_KEY, ENV_BASE_URL, ENV_LOCAL_URL, "LLMTUNE_COMPANION_LOG_LEVEL"):
         monkeypatch.delenv(name, raising=False)
+    # Never the developer's own keychain: keys stay in the test's secrets.json unless a test starts
+    # a keychain of its own (tests/support/secret_service.py).
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
     return Paths(root)
 
 

@@ -88,6 +88,7 @@ def test_wheel_builds_installs_and_imports(tmp_path: Path) -> None:
     missing = expected_files() - names
     assert not missing, f"left out of the wheel: {sorted(missing)}"
     assert "llmtune_companion/py.typed" in names
+    assert "llmtune_companion/installers/install.sh" in names and "llmtune_companion/installers/install.ps1" in names
     # The dashboard's page is package data (served from the installed package, no build step).
     assert {f"llmtune_companion/dashboard/static/{name}" for name in ("index.html", "app.js", "app.css")} <= names
     source_folders = ("tests/", "daemon/", "adapters/", "tray/", "installers/", "benchmarks/")

@@ -10,10 +10,10 @@ import sys
 
 from .. import __version__
 from ..config.paths import Paths
-from . import connect, dashboard, jobs, lifecycle, models, serve, tools, workspace
+from . import connect, dashboard, jobs, lifecycle, models, serve, service, tools, workspace
 from .common import CLIError
 
-COMMANDS = (serve, lifecycle, workspace, models, tools, jobs, dashboard, connect)
+COMMANDS = (serve, lifecycle, workspace, models, tools, jobs, dashboard, connect, service)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from ..config.paths import Paths
-from ..config.settings import DEFAULT_WORKSPACE, ConfigError, load_config
+from ..config.settings import DEFAULT_WORKSPACE, ConfigError, load_config, secrets_status
 from ..instance import is_running
 from .client import call_daemon, daemon_url
 from .common import CLIError, load_settings
@@ -96,6 +96,7 @@ def cmd_status(args: argparse.Namespace, paths: Paths) -> int:
         if config is not None:
             report["workspaces"] = [{"name": ws.name, "has_key": ws.has_key, "key_source": ws.key_source}
                                     for ws in config.workspaces.values()]
+            report["secrets"] = secrets_status(config)
             if not args.no_probe:
                 report["probes"] = _probes(paths, None)
     else:
@@ -123,6 +124,14 @@ def _format_probe(row: dict[str, Any] | None) -> str:
     return text
 
 
+def _describe_keys(secrets: dict[str, Any]) -> str:
+    if secrets["backend"] == "keyring":
+        return f"in the OS keychain ({secrets['keychain']})"
+    if secrets["backend"] == "file":
+        return "in secrets.json (readable by you only)"
+    return "none stored yet (they will go to the OS keychain when one works here, else to secrets.json)"
+
+
 def _format_status(report: dict[str, Any]) -> str:
     lines = [f"daemon:    {'running at ' + report['url'] if report['running'] else 'not running'}",
              f"settings:  {report['settings_dir']}"]
@@ -137,6 +146,10 @@ def _format_status(report: dict[str, Any]) -> str:
     for ws in report.get("workspaces", []):
         key = f"key from {ws['key_source']}" if ws["has_key"] else "no key"
         lines.append(f"workspace: {ws['name']} ({key})")
+    secrets = report.get("secrets")
+    if secrets:
+        lines.append(f"keys:      {_describe_keys(secrets)}")
+        lines += [f"warning:   {warning}" for warning in secrets.get("warnings", [])]
     probed = {row["name"]: row for row in report.get("probes") or []}
     for backend in report.get("backends") or list(probed.values()):
         where = f", {backend['url']}" if backend.get("url") else ""

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..adapters import BackendSettings, BackendTable, check_http_url
 from ..tools.policy import ToolPolicySettings
+from .keychain import KeychainError, KeyStore
 from .paths import Paths, write_private
 from .tool_limits import ToolLimits
 
@@ -188,6 +189,11 @@ class HistorySettings(_Strict):
     persist: bool = True
 
 
+class SecretsSettings(_Strict):
+    # Where LLMTune keys live: "auto" is the OS keychain when one works here, else secrets.json.
+    backend: Literal["auto", "keyring", "file"] = "auto"
+
+
 class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
@@ -202,6 +208,7 @@ class Settings(_Strict):
     history: HistorySettings = HistorySettings()
     autodetect: AutodetectSettings = AutodetectSettings()
     tunnel: TunnelSettings = TunnelSettings()
+    secrets: SecretsSettings = SecretsSettings()
 
     @field_validator("backends", "workspaces")
     @classmethod
@@ -234,7 +241,8 @@ class Workspace:
     name: str
     token: str = field(repr=False)
     api_key: str | None = field(default=None, repr=False)
-    key_source: str = "none"  # "secrets", "env" or "none": shown by status instead of the key
+    # "secrets" (secrets.json), "keyring" (the OS keychain), "env" or "none": shown by status instead of the key
+    key_source: str = "none"
     settings: WorkspaceSettings = field(default_factory=lambda: WorkspaceSettings())
 
     @property
@@ -248,6 +256,16 @@ class Config:
     workspaces: Mapping[str, Workspace]
     backends: Mapping[str, BackendSettings]
     hosted_url: str
+    # Where keys are kept: "keyring" (then `keychain` names it) or "file"; problems reading them.
+    secrets_backend: str = "file"
+    keychain: str | None = None
+    secrets_warnings: tuple[str, ...] = ()
+
+
+def secrets_status(config: Config) -> dict[str, Any]:
+    """Where the keys are, for `status`: "keyring" (naming the keychain), "file", or "auto" while none is stored."""
+    return {"backend": config.secrets_backend, "keychain": config.keychain,
+            "setting": config.settings.secrets.backend, "warnings": list(config.secrets_warnings)}
 
 
 def is_loopback_host(host: str) -> bool:
@@ -334,7 +352,10 @@ def validate_settings(raw: dict[str, Any]) -> Settings:
 
 
 class SecretsStore:
-    """secrets.json: `{"workspaces": {name: {"api_key": ..., "token": ...}}}`, mode 0600."""
+    """secrets.json: `{"workspaces": {name: {"api_key": ..., "token": ...}}}`, mode 0600.
+
+    A key kept in the OS keychain is not in the file: its entry says `"api_key_in": "keyring"` instead.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -369,14 +390,18 @@ def load_config(paths: Paths, environ: Mapping[str, str] | None = None) -> Confi
     names = [DEFAULT_WORKSPACE, *settings.workspaces, *stored]
     changed = False
     workspaces: dict[str, Workspace] = {}
+    keys = KeyStore(paths, settings.secrets.backend)
     for name in dict.fromkeys(names):
         entry = stored.setdefault(name, {})
         token = entry.get("token")
         if not isinstance(token, str) or len(token) < 32:
             entry["token"] = token = new_token()
             changed = True
-        api_key = entry.get("api_key") or None
-        source = "secrets" if api_key else "none"
+        try:
+            api_key, source, moved = keys.read(name, entry)  # a key found in secrets.json moves to the keychain
+        except KeychainError as exc:
+            raise ConfigError(str(exc)) from None
+        changed = changed or moved
         if name == DEFAULT_WORKSPACE and env.get(ENV_API_KEY):
             api_key, source = env[ENV_API_KEY], "env"
         workspaces[name] = Workspace(name=name, token=token, api_key=api_key, key_source=source,
@@ -408,4 +433,5 @@ def load_config(paths: Paths, environ: Mapping[str, str] | None = None) -> Confi
             hosted_url = check_http_url(env[ENV_BASE_URL])
         except ValueError as exc:
             raise ConfigError(f"{ENV_BASE_URL}: {exc}") from exc
-    return Config(settings=settings, workspaces=workspaces, backends=backends, hosted_url=hosted_url)
+    return Config(settings=settings, workspaces=workspaces, backends=backends, hosted_url=hosted_url,
+                  secrets_backend=keys.backend, keychain=keys.keychain_name, secrets_warnings=tuple(keys.warnings))

@@ -9,6 +9,7 @@ from typing import Any
 import tomlkit
 from pydantic import ValidationError
 
+from .keychain import KeychainError, KeyStore
 from .paths import Paths
 from .settings import (
     DEFAULT_WORKSPACE,
@@ -80,14 +81,17 @@ def _edit_config(paths: Paths, change: Any, *, validate: bool = False) -> None:
 
 def add_workspace(paths: Paths, name: str, api_key: str | None) -> None:
     check_name(name)
-    read_settings(paths.config_file)  # refuse to edit a config that is already broken
+    settings = read_settings(paths.config_file)  # refuse to edit a config that is already broken
     if api_key is not None and not api_key.strip():
         raise ConfigError("the key is empty")
     store = SecretsStore(paths.secrets_file)
     data = store.read()
     entry = data["workspaces"].setdefault(name, {})
     if api_key is not None:
-        entry["api_key"] = api_key.strip()
+        try:
+            KeyStore(paths, settings.secrets.backend).write(name, entry, api_key.strip())
+        except KeychainError as exc:
+            raise ConfigError(f"the key was not saved: {exc}") from None
     entry.setdefault("token", new_token())
     paths.ensure()
     store.write(data)
@@ -120,7 +124,10 @@ def remove_workspace(paths: Paths, name: str) -> bool:
                           "replaces its key)")
     store = SecretsStore(paths.secrets_file)
     data = store.read()
-    found = data["workspaces"].pop(name, None) is not None
+    entry = data["workspaces"].pop(name, None)
+    found = entry is not None
+    if entry is not None:
+        KeyStore(paths, "auto").forget(name, entry)
     store.write(data)
     removed_from_config = False
 
@@ -181,3 +188,15 @@ def remember_allow_rule(paths: Paths, name: str, rule: str) -> None:
             allow.append(rule)
 
     _edit_config(paths, change, validate=True)
+
+
+def forget_keys(paths: Paths) -> list[str]:
+    """Delete every key this settings directory keeps in the OS keychain (before the directory goes)."""
+    try:
+        data = SecretsStore(paths.secrets_file).read()
+    except ConfigError:
+        return []
+    keys = KeyStore(paths, "auto")
+    for name, entry in data["workspaces"].items():
+        keys.forget(name, entry)
+    return keys.warnings

@@ -7,6 +7,8 @@ What it serves (all endpoints require ``Authorization: Bearer <workspace key>``)
 * ``POST /v1/chat/completions`` and ``POST /api/agent/v1/chat/completions`` (OpenAI-compatible,
   defaults temperature 0.7 / max_tokens 512, SSE streaming ending with ``data: [DONE]``, tools).
 * ``POST /v1/completions`` (legacy text completions) and ``POST /v1/embeddings``.
+* Beyond the catalog, chat models named ``tool-<name>`` call the offered tool ``<name>`` and then
+  answer from its result, so an agent framework's whole tool loop runs unscripted.
 * ``POST /v1/models/{modelId}/inference``, ``POST /v1/playground/inference``,
   ``POST /v1/batch/inference``, ``POST /v1/fine-tune``, ``GET /v1/fine-tune/{jobId}``
   (``Idempotency-Key`` honoured on the batch and fine-tune creation endpoints).
@@ -120,6 +122,8 @@ _FILLER_WORDS: tuple[str, ...] = (
 # A "word" is a run of non-space characters plus its leading whitespace; the last
 # one also keeps trailing whitespace, so "".join(pieces) == text exactly.
 _WORD_RE = re.compile(r"\s*\S+(?:\s+$)?")
+# Models outside the catalog that call the one tool they name: "tool-get_weather" (test helpers, not in the seeds).
+_TOOL_MODEL_RE = re.compile(r"^tool-([A-Za-z0-9_.-]{1,64})$")
 _ARG_FRAGMENT = 8  # characters per streamed tool-call argument delta
 _DONE = b"data: [DONE]\n\n"
 _JSON = "application/json"
@@ -266,6 +270,20 @@ class _Plan:
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
+
+
+def _schema_arguments(schema: Any, text: str) -> dict[str, Any]:
+    """Values for a JSON schema's required fields: strings get ``text``, other types a zero value."""
+    if not isinstance(schema, dict):
+        return {}
+    properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    zeros: dict[str, Any] = {"string": text, "integer": 0, "number": 0, "boolean": False, "array": [], "object": {}}
+    arguments: dict[str, Any] = {}
+    for field_name in schema.get("required") or []:
+        spec = properties.get(field_name) if isinstance(properties, dict) else None
+        kind = spec.get("type", "string") if isinstance(spec, dict) else "string"
+        arguments[str(field_name)] = zeros.get(kind, text) if isinstance(kind, str) else text
+    return arguments
 
 
 def _split_words(text: str) -> list[str]:
@@ -582,6 +600,8 @@ class HostedStandIn:
     def _require_model(self, model_id: Any, field_name: str = "model") -> str:
         if not isinstance(model_id, str) or not model_id:
             raise StandInError(400, f"'{field_name}' is required", details={"field": field_name})
+        if _TOOL_MODEL_RE.match(model_id):
+            return model_id  # a model that calls one tool (see _tool_model_plan)
         entry = self._model_index.get(model_id)
         if entry is None:
             raise StandInError(404, f"Model '{model_id}' not found", details={"model": model_id})
@@ -704,6 +724,10 @@ class HostedStandIn:
 
         if reply is not None and reply.tool_calls:
             return self._tool_plan([(c.id, c.name, c.arguments) for c in reply.tool_calls], prompt_tokens)
+        if reply is None and tools_offered:
+            tool_model = self._tool_model_plan(p, prompt_tokens)
+            if tool_model is not None:
+                return tool_model
         if reply is None and tools_offered and p.tools is not None and p.tool_choice not in (None, "auto"):
             # Forced tool use without a script: call the named (or first) tool with {}.
             forced = p.tool_choice
@@ -733,6 +757,27 @@ class HostedStandIn:
             pieces = pieces[: p.max_tokens]
             finish = "length"
         return _Plan(pieces, [], finish, prompt_tokens, len(pieces))
+
+    def _tool_model_plan(self, p: _ChatParams, prompt_tokens: int) -> _Plan | None:
+        """Model ``tool-<name>``: while the conversation does not end with a tool result, it calls the
+        offered tool ``<name>``; then it answers from the result ("Tool said: ..."), so an agent's whole
+        tool loop runs with no script. The arguments are the user's last message when that is a JSON
+        object, else the tool schema's required fields filled from it (strings get the text)."""
+        match = _TOOL_MODEL_RE.match(p.model)
+        if match is None or p.messages[-1].get("role") == "tool":
+            return None
+        name = match.group(1)
+        tool = next((t["function"] for t in p.tools or [] if t["function"].get("name") == name), None)
+        if tool is None:
+            return None
+        users = [m for m in p.messages if m.get("role") == "user"]
+        text = _content_text(users[-1].get("content")) if users else ""
+        try:
+            parsed = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            parsed = None
+        arguments = parsed if isinstance(parsed, dict) else _schema_arguments(tool.get("parameters"), text)
+        return self._tool_plan([(None, name, arguments)], prompt_tokens)
 
     def _tool_plan(self, calls: list[tuple[str | None, str, dict[str, Any] | str]], prompt_tokens: int) -> _Plan:
         resolved: list[tuple[str, str, str]] = []

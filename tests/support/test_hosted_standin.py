@@ -471,6 +471,37 @@ async def test_multi_turn_tool_then_text(standin: HostedStandIn, server: TestSer
     assert fourth.choices[0].message.content == "All done."
 
 
+async def test_tool_models_call_their_tool_then_answer_from_the_result(server: TestServer) -> None:
+    client = sdk(server)
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+        "required": ["city", "days"]}}}
+    messages: list[Any] = [{"role": "user", "content": "Oslo"}]
+    first = await client.chat.completions.create(
+        model="tool-get_weather", messages=messages, tools=[READ_TOOL, weather],  # type: ignore[list-item]
+    )
+    assert first.choices[0].finish_reason == "tool_calls"
+    call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert call.function.name == "get_weather"  # type: ignore[union-attr]
+    assert json.loads(call.function.arguments) == {"city": "Oslo", "days": 0}  # type: ignore[union-attr]
+    messages += [first.choices[0].message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": "-3C"}]
+    second = await client.chat.completions.create(
+        model="tool-get_weather", messages=messages, tools=[weather],  # type: ignore[list-item]
+    )
+    assert second.choices[0].message.content == "Tool said: -3C"
+    # A user message that is a JSON object is taken as the arguments.
+    direct = await client.chat.completions.create(
+        model="tool-get_weather", messages=[{"role": "user", "content": '{"city": "Bergen", "days": 2}'}],
+        tools=[weather],  # type: ignore[list-item]
+    )
+    arguments = direct.choices[0].message.tool_calls[0].function.arguments  # type: ignore[index,union-attr]
+    assert json.loads(arguments) == {"city": "Bergen", "days": 2}
+    # Without its tool on offer it just answers.
+    plain = await client.chat.completions.create(model="tool-get_weather", messages=messages[:1])
+    assert plain.choices[0].message.content == "Echo: Oslo"
+
+
 async def test_scripted_tool_call_waits_for_a_request_with_tools(standin: HostedStandIn, server: TestServer) -> None:
     client = sdk(server)
     standin.script_tool_call("read_file", {"path": "x"})
