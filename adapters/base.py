@@ -27,7 +27,10 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from .http1 import ConnectionPool
+    from .session import Slots
 
 # What the client asked for; each backend maps these onto its own paths.
 # "platform" is any other hosted API path (fine-tune, batch ...), given in BackendRequest.path.
@@ -58,8 +61,20 @@ class BackendUnavailable(Exception):
         self.timeout = timeout
 
 
+class PoolTimeout(BackendUnavailable):
+    """Every connection to the backend stayed in use for `upstream.pool_timeout`: nothing was sent."""
+
+
 class UpstreamBroken(Exception):
     """The body broke off after the status was sent: the connection died or went silent."""
+
+    code = "upstream_broken"  # the error code a client is told (as an SSE error event, in a stream)
+
+
+class ShuttingDown(UpstreamBroken):
+    """The daemon ended the exchange: its shutdown grace ran out."""
+
+    code = "shutting_down"
 
 
 class BackendResponse(abc.ABC):
@@ -124,12 +139,17 @@ class BytesResponse(BackendResponse):
 
 @dataclass(frozen=True, slots=True)
 class AdapterContext:
-    """What every backend shares: the upstream connection pool and the timeouts."""
+    """One backend's upstream connections and timeouts: its own pool, so a slow backend starves no other.
+
+    `pool` (the relay's lean client) serves loopback URLs; `session` with `slots` serves the rest.
+    """
 
     pool: ConnectionPool
     connect_timeout: float = 10.0
     first_byte_timeout: float = 300.0
     read_timeout: float = 120.0
+    session: aiohttp.ClientSession | None = None
+    slots: Slots | None = None
 
 
 def check_http_url(value: str) -> str:

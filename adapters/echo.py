@@ -24,6 +24,22 @@ JSON = {"Content-Type": "application/json"}
 EMBEDDING_DIMENSIONS = 64
 
 
+class InvalidField(ValueError):
+    """A request field of the wrong shape; answered 400 naming the field."""
+
+    def __init__(self, field: str, expected: str) -> None:
+        super().__init__(f"'{field}' must be {expected}")
+        self.field = field
+
+
+def _prompt_text(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and all(isinstance(part, str | int) for part in prompt):
+        return " ".join(map(str, prompt))  # several prompts, or token ids
+    raise InvalidField("prompt", "a string or an array of strings")
+
+
 def _text_of(content: Any) -> str:
     return text_of(content, " ")  # parts joined by spaces, as the words are echoed
 
@@ -39,11 +55,17 @@ def _forced_tool(payload: dict[str, Any]) -> dict[str, Any] | None:
     functions = [t["function"] for t in payload.get("tools") or []
                  if isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("name")]
     choice = payload.get("tool_choice")
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise InvalidField("tool_choice.function", 'an object with a "name"')
+    elif choice not in (None, "auto", "none", "required"):
+        raise InvalidField("tool_choice", '"auto", "none", "required" or an object naming a function')
     if not functions or choice in (None, "auto", "none"):
         return None
     if choice == "required":
         return dict(functions[0])
-    wanted = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+    wanted = choice["function"]["name"] if isinstance(choice, dict) else None
     return next((dict(f) for f in functions if f["name"] == wanted), None)
 
 
@@ -55,7 +77,10 @@ def _placeholder_arguments(schema: Any, text: str) -> dict[str, Any]:
     placeholders: dict[str, Any] = {"string": text, "integer": 0, "number": 0, "boolean": False,
                                     "array": [], "object": {}}
     arguments: dict[str, Any] = {}
-    for name in schema.get("required") or []:
+    required = schema.get("required") or []
+    if not isinstance(required, list):
+        raise InvalidField("tools[].function.parameters.required", "an array of property names")
+    for name in required:
         spec = properties.get(name)
         kind = spec.get("type", "string") if isinstance(spec, dict) else "string"
         arguments[str(name)] = placeholders.get(kind if isinstance(kind, str) else "string", text)
@@ -74,6 +99,12 @@ class EchoBackend(Backend):
     serves_any_model: ClassVar[bool] = True
 
     async def handle(self, request: BackendRequest) -> BackendResponse:
+        try:
+            return self._handle(request)
+        except InvalidField as exc:
+            return error_reply(400, str(exc), "invalid_field", {"field": exc.field})
+
+    def _handle(self, request: BackendRequest) -> BackendResponse:
         payload = request.payload or {}
         if request.endpoint == "models":
             listing = [{"id": "echo", "object": "model", "created": 0, "owned_by": "llmtune-companion"}]
@@ -81,8 +112,7 @@ class EchoBackend(Backend):
         if request.endpoint == "embeddings":
             return self._embeddings(payload)
         if request.endpoint == "completions":
-            prompt = payload.get("prompt", "")
-            text = _text_of(prompt if isinstance(prompt, str) else " ".join(map(str, prompt)))
+            text = _prompt_text(payload.get("prompt", ""))
             return self._answer(payload, text, chat=False, stream=request.stream)
         messages = payload.get("messages")
         if not isinstance(messages, list) or not messages:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import ipaddress
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,12 +21,14 @@ from typing import cast
 import httptools
 import yarl
 
-from .base import BackendUnavailable, UpstreamBroken
+from .base import BackendUnavailable, PoolTimeout, ShuttingDown, UpstreamBroken
 
 # Past this much unread body the socket stops being read (the client downstream is slower than the upstream).
 HIGH_WATER = 256 * 1024
 # What every request sends: a relay passes bytes on as they came, so it asks for them unencoded.
 DEFAULT_HEADERS = "User-Agent: llmtune-companion\r\nAccept-Encoding: identity\r\n"
+# Longest status line and headers accepted from an upstream (server.max_header_bytes overrides it).
+MAX_HEADER_BYTES = 64 * 1024
 # RFC 9112 9.3.1: a request that may be sent twice is retried once when a reused connection turns
 # out to be closed before any answer; like Go's net/http, an Idempotency-Key makes a POST replayable.
 REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
@@ -41,6 +44,17 @@ class Target:
     tls: bool
     path: str  # path and query, as sent on the request line
     host_header: str
+    loopback: bool = False  # this machine: the relay's own client serves it (see session.py for the rest)
+
+
+def is_loopback(host: str) -> bool:
+    name = host.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 @functools.lru_cache(maxsize=128)
@@ -51,7 +65,7 @@ def target_of(url: str) -> Target:
         raise ValueError(f"not an http(s) URL with a host: {url!r}")
     host, port = parsed.raw_host, parsed.port
     return Target((parsed.scheme, host, port), host, port, parsed.scheme == "https", parsed.raw_path_qs or "/",
-                  parsed.host_port_subcomponent or host)
+                  parsed.host_port_subcomponent or host, is_loopback(host))
 
 
 def request_head(method: str, target: Target, headers: Mapping[str, str], body: bytes | None) -> bytes:
@@ -81,6 +95,7 @@ class Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
+        self._head_request = False
         self._reset()
 
     def _reset(self) -> None:
@@ -101,12 +116,15 @@ class Connection(asyncio.Protocol):
         self._timeout = 0.0
         self._read_timeout = 0.0
         self._last_io = 0.0
+        self._head_bytes = 0  # bytes received before the headers were complete
 
     # -- the exchange, as the response sees it --------------------------------------------------
 
-    def send(self, head: bytes, body: bytes | None, first_byte_timeout: float, read_timeout: float) -> None:
+    def send(self, head: bytes, body: bytes | None, first_byte_timeout: float, read_timeout: float,
+             *, head_request: bool = False) -> None:
         assert self.transport is not None and not self.active
         self._reset()
+        self._head_request = head_request
         self.active = True
         self._timeout = first_byte_timeout
         self._read_timeout = read_timeout
@@ -206,6 +224,8 @@ class Connection(asyncio.Protocol):
             return
         self._last_io = self.loop.time()
         self.received_any = True
+        if not self.headers_done:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -216,6 +236,10 @@ class Connection(asyncio.Protocol):
                 self._fail(UpstreamBroken(f"the upstream sent a malformed response ({exc})"))
             else:
                 self._fail(BackendUnavailable(f"sent a malformed response ({exc})"))
+            return
+        if not self.headers_done and self._head_bytes > self.pool.max_header_bytes:
+            # Checked per read, so at most one read more than the limit is ever held.
+            self._fail(UpstreamBroken(f"the upstream's response headers are over {self.pool.max_header_bytes} bytes"))
             return
         if self._buffered > HIGH_WATER and not self._paused and not self.complete:
             self._paused = True
@@ -259,6 +283,12 @@ class Connection(asyncio.Protocol):
         self.headers_done = True
         if status in (204, 304):
             self._framed = True
+        if self._head_request:
+            # A HEAD answer has no body whatever its Content-Length says, and llhttp cannot be told so:
+            # the exchange ends here, and the connection is not reused (its parser would wait for a body).
+            self.complete = True
+            self.keep_alive = False
+            return
         self._timeout = self._read_timeout
         self._arm(self._last_io + self._read_timeout)
 
@@ -267,6 +297,8 @@ class Connection(asyncio.Protocol):
         self._buffered += len(body)
 
     def on_message_complete(self) -> None:
+        if self._head_request and self.complete:
+            return  # ended at the headers (see on_headers_complete)
         if self._informational:
             self._informational = False
             self.raw_headers = []
@@ -279,10 +311,12 @@ class Connection(asyncio.Protocol):
 class ConnectionPool:
     """Keep-alive connections per origin, at most `limit` open at once (callers wait beyond that)."""
 
-    def __init__(self, *, limit: int = 100, keepalive: float = 60.0, ssl_context: ssl.SSLContext | None = None
-                 ) -> None:
+    def __init__(self, *, limit: int = 100, keepalive: float = 60.0, ssl_context: ssl.SSLContext | None = None,
+                 max_header_bytes: int = MAX_HEADER_BYTES, pool_timeout: float | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.limit = limit
+        self.max_header_bytes = max_header_bytes
+        self.pool_timeout = pool_timeout
         self.keepalive = keepalive
         self._ssl_context = ssl_context
         self._idle: dict[tuple[str, str, int], list[Connection]] = {}
@@ -323,7 +357,7 @@ class ConnectionPool:
         while True:
             conn = await self._acquire(target, connect_timeout, fresh=fresh)
             try:
-                conn.send(head, body, first_byte_timeout, read_timeout)
+                conn.send(head, body, first_byte_timeout, read_timeout, head_request=method == "HEAD")
                 while not conn.headers_done and conn.error is None:
                     await conn.wait()
             except BaseException:
@@ -352,6 +386,13 @@ class ConnectionPool:
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(self.keepalive, self._sweep)
         self._wake_waiter()
+
+    def abort(self, reason: str) -> None:
+        """End every exchange in progress: a body being read breaks off with ShuttingDown(reason)."""
+        for conn in list(self._open):
+            if conn.active and not conn.complete:
+                error = ShuttingDown(reason) if conn.headers_done else BackendUnavailable(f"cannot answer ({reason})")
+                conn._fail(error)
 
     async def __aenter__(self) -> ConnectionPool:
         return self
@@ -393,7 +434,11 @@ class ConnectionPool:
             waiter = self.loop.create_future()
             self._waiters.append(waiter)
             try:
-                await waiter
+                async with asyncio.timeout(self.pool_timeout):
+                    await waiter
+            except TimeoutError:
+                raise PoolTimeout(f"is busy: all {self.limit} connections stayed in use for "
+                                  f"{self.pool_timeout:g}s") from None
             except asyncio.CancelledError:
                 if waiter.done() and not waiter.cancelled():
                     self._wake_waiter()  # woken, then cancelled: the turn passes to the next in line

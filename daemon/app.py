@@ -11,6 +11,7 @@ from aiohttp import web
 
 from .adapters.http1 import ConnectionPool
 from .api import control, llm, openai, platform
+from .api.egress import scrub_response
 from .api.guard import add_cors_headers, guard
 from .appkeys import CONTROL_TOKEN, RUNTIME
 from .config.paths import Paths
@@ -23,8 +24,10 @@ log = logging.getLogger(__name__)
 
 
 def make_pool(config: Config) -> ConnectionPool:
-    """The backends' upstream connections (the relay's hot path; see adapters/http1.py)."""
-    return ConnectionPool(limit=config.settings.upstream.pool_size, keepalive=60.0)
+    """One backend's loopback connections as the daemon sets them up (upstream/connections.py)."""
+    upstream = config.settings.upstream
+    return ConnectionPool(limit=upstream.pool_size, keepalive=60.0, max_header_bytes=upstream.max_header_bytes,
+                          pool_timeout=upstream.pool_timeout)
 
 
 def make_session(config: Config) -> aiohttp.ClientSession:
@@ -57,19 +60,16 @@ def create_app(paths: Paths, config: Config | None = None, *, watch: bool = True
 
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         session = make_session(config)
-        pool = make_pool(config)
-        runtime = Runtime(paths, config, session, pool)
+        runtime = Runtime(paths, config, session)
         app[RUNTIME] = runtime
         await runtime.history.open()
         runtime.detect_in_background()
         yield
-        runtime.request_log.flush()
-        await runtime.history.aclose()
         await runtime.aclose()
-        await pool.aclose()
         await session.close()
 
     app.on_response_prepare.append(add_cors_headers)
+    app.on_response_prepare.append(scrub_response)
     app.cleanup_ctx.append(runtime_ctx)
     if watch:
         app.cleanup_ctx.append(watch_settings)

@@ -13,6 +13,14 @@ from aiohttp import web
 # The shape itself is shared with the backends that answer in-process (adapters/errors.py).
 from .adapters.errors import ERROR_TYPES, error_body
 
+# Our code for an error answered by status alone (aiohttp's parser, an unhandled exception).
+ERROR_CODES: dict[int, str] = {
+    400: "bad_request",
+    413: "body_too_large",
+    431: "headers_too_large",
+    500: "internal_error",
+}
+
 
 class CompanionError(Exception):
     """An error the daemon answers itself; raised anywhere below a handler."""

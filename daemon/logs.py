@@ -116,6 +116,34 @@ def configure(paths: Paths, level: str = "INFO", *, to_stderr: bool = True) -> N
         handler.setFormatter(formatter)
         handler.addFilter(RedactingFilter())
         root.addHandler(handler)
+    # Errors raised outside our handlers (aiohttp's server, the event loop's unretrieved exceptions) go
+    # to the same file: a daemon started at login has no terminal to show stderr.
+    for name in FOREIGN_LOGGERS:
+        foreign = logging.getLogger(name)
+        for handler in list(foreign.handlers):
+            if getattr(handler, "companion_handler", False):
+                foreign.removeHandler(handler)
+        foreign.setLevel(logging.WARNING)
+        foreign.propagate = False
+        for handler in handlers:
+            wrapped = _Forwarding(handler)
+            foreign.addHandler(wrapped)
+
+
+FOREIGN_LOGGERS = ("aiohttp", "asyncio")
+
+
+class _Forwarding(logging.Handler):
+    """Hands a foreign logger's records to one of ours (its filter, formatter and file)."""
+
+    companion_handler = True
+
+    def __init__(self, target: logging.Handler) -> None:
+        super().__init__(logging.WARNING)
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.target.handle(record)
 
 
 class RequestLog:

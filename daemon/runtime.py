@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +15,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .adapters import BACKEND_TYPES, AdapterContext, Backend, BackendRequest, BackendSettings, LLMTuneBackend
-from .adapters.http1 import ConnectionPool
+from .adapters import BACKEND_TYPES, Backend, BackendRequest, BackendSettings, LLMTuneBackend
+from .api.egress import known_secrets
 from .config.paths import Paths
 from .config.settings import (
     ECHO_BACKEND,
@@ -34,6 +35,7 @@ from .tools.audit import AuditLog
 from .tools.journal import Journal
 from .tools.policy import Policy
 from .upstream.autodetect import Autodetector, wanted
+from .upstream.connections import Upstreams
 from .upstream.model_cache import CachedList, ModelList, ModelListCache
 from .upstream.routing import Router
 
@@ -69,14 +71,19 @@ class Built:
     router: Router
     tokens: tuple[tuple[bytes, Workspace], ...]
     tool_runners: dict[str, ToolRunner]
+    # Every key this config knows: scrubbed from whatever leaves the daemon (egress.py).
+    secrets: tuple[str, ...] = ()
 
 
 class Runtime:
-    def __init__(self, paths: Paths, config: Config, session: aiohttp.ClientSession, pool: ConnectionPool) -> None:
+    def __init__(self, paths: Paths, config: Config, session: aiohttp.ClientSession) -> None:
         self.paths = paths
-        self.session = session
-        self.pool = pool
+        self.session = session  # the daemon's own calls (job webhooks), not the relay's
+        self.upstreams = Upstreams(config.settings.upstream)
         self.started_at = time.time()
+        self.hosted_degraded = False  # a request fell back from the hosted API (hosted.fallback was published)
+        self.in_flight = 0  # requests inside the guard: a graceful shutdown waits for them
+        self.drained: asyncio.Event | None = None  # set by the guard when the last one ends, once draining
         self.config_error: str | None = None
         self.started_config = config
         # Start-only settings edited since the start, applied by a restart only (shown by status).
@@ -114,27 +121,25 @@ class Runtime:
         for warning in config.secrets_warnings:  # a keychain that does not answer (never a key)
             log.warning("keys: %s", warning)
         upstream = config.settings.upstream
-        context = AdapterContext(
-            pool=self.pool,
-            connect_timeout=upstream.connect_timeout,
-            first_byte_timeout=upstream.first_byte_timeout,
-            read_timeout=upstream.read_timeout,
-        )
         backends: dict[str, Backend] = {}
+        secrets: list[str | None] = [ws.api_key for ws in config.workspaces.values()]
         if config.settings.hosted.enabled:
-            backends[HOSTED_BACKEND] = LLMTuneBackend(HOSTED_BACKEND, context, url=config.hosted_url)
+            backends[HOSTED_BACKEND] = LLMTuneBackend(
+                HOSTED_BACKEND, self.upstreams.context(HOSTED_BACKEND, upstream), url=config.hosted_url)
         for name, spec in config.backends.items():
-            backends[name] = BACKEND_TYPES[spec.type].from_settings(name, context, spec)
+            backends[name] = BACKEND_TYPES[spec.type].from_settings(name, self.upstreams.context(name, upstream), spec)
+            if spec.api_key_env:
+                secrets.append(os.environ.get(spec.api_key_env))
         for name, url in self._detected(config).items():
             found = BackendSettings(type="openai", url=url)
-            backends[name] = BACKEND_TYPES["openai"].from_settings(name, context, found)
+            backends[name] = BACKEND_TYPES["openai"].from_settings(name, self.upstreams.context(name, upstream), found)
         tokens = tuple((ws.token.encode(), ws) for ws in config.workspaces.values())
         runners = {
             ws.name: self._tool_runner(ws)
             for ws in config.workspaces.values()
             if ws.settings.root is not None
         }
-        return Built(config, backends, Router(config.settings, backends), tokens, runners)
+        return Built(config, backends, Router(config.settings, backends), tokens, runners, known_secrets(secrets))
 
     def _detected(self, config: Config) -> dict[str, str]:
         if not config.settings.autodetect.enabled:
@@ -156,10 +161,13 @@ class Runtime:
         await self.autodetect.wait()
 
     async def aclose(self) -> None:
-        """Stop the background work this runtime owns (a second call does nothing more)."""
+        """Stop the background work and close the connections this runtime owns (a second call does
+        nothing more)."""
+        self.request_log.flush()
         await self.autodetect.aclose()
         await self.history.aclose()
         await self.model_cache.aclose()
+        await self.upstreams.aclose()
 
     def _tool_runner(self, workspace: Workspace) -> ToolRunner:
         assert workspace.settings.root is not None
@@ -180,6 +188,11 @@ class Runtime:
         from .config.workspaces import remember_allow_rule
 
         remember_allow_rule(self.paths, workspace, rule)
+
+    def abort_upstreams(self, reason: str) -> None:
+        """End every upstream exchange in progress (shutdown's bound); relays report `reason`."""
+        self.upstreams.abort(reason)
+
 
     def tool_runner(self, workspace: str) -> ToolRunner | None:
         return self.built.tool_runners.get(workspace)

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from ..appkeys import CONTROL_TOKEN, CORS_ORIGIN, RUNTIME, WORKSPACE
 from ..config.settings import is_loopback_host
@@ -100,8 +102,9 @@ def not_found_message(path: str) -> str:
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    runtime.in_flight += 1  # graceful shutdown waits for this to reach 0 (server.py)
     try:
-        runtime = request.app[RUNTIME]
         server = runtime.config.settings.server
         host = request.headers.get("Host")
         if not host_allowed(host, server.allowed_hosts):
@@ -140,6 +143,14 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except CompanionError as exc:
         return exc.to_response()
+    except (HttpProcessingError, RequestPayloadError) as exc:
+        # A body aiohttp could not decode (a false Content-Encoding, a broken chunked body): the client's fault.
+        cause = exc.__cause__ or exc
+        reason = " ".join((cause.message if isinstance(cause, HttpProcessingError) else str(cause)).split())
+        log.info("refused a malformed request body in %s %r: %s", request.method, request.raw_path, reason)
+        response = error_response(400, f"the request body could not be read: {reason}", "invalid_body")
+        response.force_close()  # the rest of that body cannot be read either: no keep-alive
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -147,3 +158,14 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         message = not_found_message(request.path) if exc.status == 404 else exc.reason
         return error_response(exc.status, message, code, headers={"Allow": exc.headers["Allow"]}
                               if "Allow" in exc.headers else None)
+    except Exception as exc:
+        # Logged here, once, with its traceback (to companion.log too); the server's handler skips it.
+        log.exception("unhandled error in %s %r", request.method, request.raw_path)
+        exc.companion_logged = True  # type: ignore[attr-defined]
+        if request.writer.output_size > 0:
+            raise  # the answer had begun: the connection is dropped
+        return error_response(500, "internal error; see the companion's log", "internal_error")
+    finally:
+        runtime.in_flight -= 1
+        if runtime.drained is not None and not runtime.in_flight:
+            runtime.drained.set()

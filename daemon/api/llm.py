@@ -31,7 +31,7 @@ from .llm_translate import (
     to_openai_request,
     upstream_error_message,
 )
-from .openai import BACKEND_HEADER, ERROR_BODY_LIMIT, log_request, parse_object, read_body, scrub, wants_refresh
+from .openai import BACKEND_HEADER, ERROR_BODY_LIMIT, log_request, parse_object, read_body, wants_refresh
 
 log = logging.getLogger("llmtune_companion.requests")
 
@@ -73,15 +73,15 @@ async def send(prepared: Prepared, *, stream: bool) -> Forwarded:
     return await forward(prepared.runtime, prepared.route, upstream, prepared.workspace)
 
 
-async def upstream_failure(response: BackendResponse, forwarded: Forwarded, workspace: Workspace) -> CompanionError:
+async def upstream_failure(response: BackendResponse, forwarded: Forwarded) -> CompanionError:
     """An upstream's HTTP error as our error shape, with its status (and Retry-After)."""
     try:
         body = await response.read(ERROR_BODY_LIMIT)
     except UpstreamBroken:
         body = b""
-    message, details = upstream_error_message(scrub(body, workspace), response.status)
+    message, details = upstream_error_message(body, response.status)
     details["backend"] = forwarded.backend
-    headers = {BACKEND_HEADER: forwarded.backend}
+    headers = {BACKEND_HEADER: forwarded.backend, **forwarded.client_headers()}
     if "Retry-After" in response.headers:
         headers["Retry-After"] = response.headers["Retry-After"]
     return CompanionError(response.status, message, "upstream_error", details, headers)
@@ -98,7 +98,7 @@ async def answer(request: web.Request, *, stream: bool) -> AsyncIterator[tuple[P
     forwarded = await send(prepared, stream=stream)
     try:
         if forwarded.response.status >= 400:
-            raise await upstream_failure(forwarded.response, forwarded, prepared.workspace)
+            raise await upstream_failure(forwarded.response, forwarded)
         yield prepared, forwarded
     finally:
         await forwarded.response.aclose()

@@ -12,7 +12,6 @@ from aiohttp import web
 from ..adapters import BackendRequest, Endpoint, UpstreamBroken
 from ..adapters.openai_stream import DONE
 from ..appkeys import RUNTIME, WORKSPACE
-from ..config.settings import Workspace
 from ..errors import CompanionError, sse_error_event
 from ..history import RequestRecord, prompt_text, usage_from_bytes
 from ..tools.agent_loop import MODE_HEADER, AgentLoop, RunnerHost, choose_mode
@@ -26,7 +25,7 @@ FALLBACK_HEADER = "X-Companion-Fallback-From"
 FORWARDED_REQUEST_HEADERS = ("Idempotency-Key", "OpenAI-Beta")
 # A whole non-streamed body up to this size is read and sent in one piece (cheapest for small JSON).
 WHOLE_BODY_LIMIT = 1024 * 1024
-# Longest error body read from an upstream (to scrub the key out of it).
+# Longest error body read from an upstream (read whole, so egress.py can scrub the key out of it).
 ERROR_BODY_LIMIT = 1024 * 1024
 
 
@@ -58,13 +57,6 @@ def parse_object(body: bytes) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise CompanionError(400, "request body must be a JSON object", "invalid_json")
     return payload
-
-
-def scrub(body: bytes, workspace: Workspace) -> bytes:
-    """An upstream error may quote the key it was sent; it must not reach the client."""
-    if workspace.api_key and workspace.api_key.encode() in body:
-        return body.replace(workspace.api_key.encode(), b"[redacted]")
-    return body
 
 
 async def relay(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
@@ -109,7 +101,7 @@ async def relay(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     )
     forwarded = await forward(runtime, route, upstream_request, workspace)
     try:
-        response = await send_response(request, forwarded, workspace)
+        response = await send_response(request, forwarded)
     finally:
         log_request(request, model, forwarded, started, payload)
     return response
@@ -136,10 +128,12 @@ def record_request(request: web.Request, model: str, backend: str | None, status
     ), line=settings.server.log_requests)
 
 
-async def send_response(request: web.Request, forwarded: Forwarded, workspace: Workspace) -> web.StreamResponse:
+async def send_response(request: web.Request, forwarded: Forwarded) -> web.StreamResponse:
     upstream = forwarded.response
     headers = dict(upstream.headers)
     headers[BACKEND_HEADER] = forwarded.backend
+    if forwarded.retries:
+        headers.update(forwarded.client_headers())
     if forwarded.fallback_from:
         headers[FALLBACK_HEADER] = forwarded.fallback_from
     is_sse = upstream.content_type == "text/event-stream"
@@ -155,7 +149,7 @@ async def send_response(request: web.Request, forwarded: Forwarded, workspace: W
         headers.pop("Content-Length", None)
         if not is_error:
             forwarded.usage = usage_from_bytes(body)
-        return web.Response(status=upstream.status, body=scrub(body, workspace) if is_error else body,
+        return web.Response(status=upstream.status, body=body,
                             headers=headers)
     return await stream_response(request, forwarded, headers, is_sse)
 
@@ -187,7 +181,7 @@ async def stream_response(
             log.warning("stream from backend %r broke off: %s", forwarded.backend, exc)
             if not is_sse:
                 raise  # the connection is dropped: a truncated JSON body must not look complete
-            await out.write(sse_error_event(f"{exc}; the answer is incomplete", "upstream_broken"))
+            await out.write(sse_error_event(f"{exc}; the answer is incomplete", exc.code))
             await out.write(DONE)
         if not ended:
             await out.write_eof()

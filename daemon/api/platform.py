@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,6 +27,7 @@ from ..config.settings import DEFAULT_WORKSPACE, HOSTED_BACKEND, Workspace
 from ..errors import CompanionError
 from ..runtime import Runtime
 from ..upstream.forwarding import Forwarded, forward
+from ..upstream.ids import path_id
 from ..upstream.jobs import JobTracker, check_job_id
 from ..upstream.routing import Route
 from .control import _json, _json_body, _optional_str
@@ -78,7 +78,7 @@ async def relay_platform(
     forwarded = await _forward(runtime, upstream, workspace, retry=idempotent or method == "GET")
     status = forwarded.response.status
     try:
-        response = await send_response(request, forwarded, workspace)
+        response = await send_response(request, forwarded)
     finally:
         if runtime.config.settings.server.log_requests:
             log.info("%s %r backend=%s status=%s %.1fms", request.method, request.raw_path, forwarded.backend,
@@ -106,10 +106,7 @@ def _json_answer(response: web.StreamResponse) -> dict[str, Any] | None:
 
 
 async def model_inference(request: web.Request) -> web.StreamResponse:
-    model = request.match_info["model"]
-    if any(part in ("", ".", "..") for part in model.split("/")):
-        raise CompanionError(400, f"{model!r} is not a model id", "invalid_model", {"model": model})
-    path = "/v1/models/" + urllib.parse.quote(model, safe="/:@") + "/inference"
+    path = "/v1/models/" + path_id(request.match_info["model"], "model", slashes=True) + "/inference"
     return await relay_platform(request, path)
 
 
@@ -134,7 +131,11 @@ async def create_fine_tune(request: web.Request) -> web.StreamResponse:
 
 async def get_fine_tune(request: web.Request) -> web.StreamResponse:
     job_id = request.match_info["job_id"]
-    response = await relay_platform(request, "/v1/fine-tune/" + urllib.parse.quote(job_id, safe=""), method="GET")
+    try:
+        check_job_id(job_id)
+    except ValueError as exc:
+        raise CompanionError(400, f"job id: {exc}", "invalid_job_id", {"field": "job_id"}) from None
+    response = await relay_platform(request, "/v1/fine-tune/" + path_id(job_id, "job_id"), method="GET")
     job = _json_answer(response)
     if job is not None:
         await request.app[JOBS].observe(job_id, job)

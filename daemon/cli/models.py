@@ -19,7 +19,7 @@ from .common import CLIError, load_settings
 async def _in_process(paths: Paths, workspace_name: str, *, refresh: bool, models: bool = True,
                       probes: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """What the daemon would answer, computed here when none runs: the model list and/or backend probes."""
-    from ..app import make_pool, make_session
+    from ..app import make_session
     from ..runtime import Runtime
     from ..upstream.probe import probe_all
 
@@ -27,8 +27,8 @@ async def _in_process(paths: Paths, workspace_name: str, *, refresh: bool, model
     workspace = config.workspaces.get(workspace_name)
     if workspace is None:
         raise CLIError(f"no workspace named {workspace_name!r} (see `llmtune-companion workspace list`)")
-    async with make_session(config) as session, make_pool(config) as pool:
-        runtime = Runtime(paths, config, session, pool)
+    async with make_session(config) as session:
+        runtime = Runtime(paths, config, session)
         try:
             await runtime.detect_local_servers()
             listed = await runtime.list_models(workspace, refresh=refresh) if models else []

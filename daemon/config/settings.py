@@ -52,6 +52,8 @@ class ServerSettings(_Strict):
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     log_requests: bool = True
+    # On SIGTERM, how long running streams may go on before they are ended with an error event.
+    shutdown_grace: float = Field(10.0, ge=0, le=3600)
 
     @field_validator("host")
     @classmethod
@@ -71,7 +73,24 @@ class UpstreamSettings(_Strict):
     # A 429 whose Retry-After is longer than this is passed to the client instead of waited out.
     retry_max_wait: float = Field(8.0, ge=0)
     backoff_base: float = Field(0.25, ge=0)
+    # Connections per backend: one slow backend cannot take another's.
     pool_size: int = Field(100, ge=1)
+    # Longest wait for a free connection to a backend before answering 503 upstream_pool_timeout.
+    pool_timeout: float = Field(30.0, gt=0)
+    # Longest status line and headers accepted from an upstream (more: 502 upstream_broken).
+    max_header_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # A PEM file of CA certificates for TLS upstreams instead of the operating system's trust store.
+    ca_bundle: str | None = None
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _readable_file(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ValueError(f"{value!r} is not a readable file of CA certificates (PEM)")
+        return str(path)
 
 
 class CacheSettings(_Strict):

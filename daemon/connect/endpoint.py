@@ -83,12 +83,12 @@ def choose(model_ids: list[str], local_names: set[str], *, chat: list[str] | Non
 
 async def list_in_process(paths: Paths, config: Config, workspace: Workspace) -> tuple[list[str], list[dict[str, Any]]]:
     """The model ids and backends a daemon with these settings would serve (when none is running)."""
-    from ..app import make_pool, make_session
+    from ..app import make_session
     from ..runtime import Runtime
 
     paths.ensure()
-    async with make_session(config) as session, make_pool(config) as pool:
-        runtime = Runtime(paths, config, session, pool)
+    async with make_session(config) as session:
+        runtime = Runtime(paths, config, session)
         try:
             await runtime.detect_local_servers()
             models = await runtime.list_models(workspace)

@@ -188,14 +188,14 @@ async def serve_tunnel(paths: Paths, config: Config, forwarder: Forwarder, *,
                        ready: Callable[[Opened], None], stop: asyncio.Event | None = None) -> None:
     """Serve the restricted listener on loopback, open the public side in front of it, and keep both until
     `stop` is set (or SIGINT/SIGTERM); then close the public side first."""
-    from ..app import make_pool, make_session, runner_options
+    from ..app import make_session, runner_options
     from ..runtime import Runtime
     from ..server import display_url
 
     stop = stop or asyncio.Event()
     settings = config.settings.tunnel
-    async with make_session(config) as session, make_pool(config) as pool:
-        runtime = Runtime(paths, config, session, pool)
+    async with make_session(config) as session:
+        runtime = Runtime(paths, config, session)
         runtime.detect_in_background()
         app = create_tunnel_app(TunnelCredentials(token_file(paths)), RateLimiter(settings.requests_per_minute))
         app[RUNTIME] = runtime

@@ -15,11 +15,20 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from ..config.paths import Paths
 from ..config.tool_limits import ToolLimits
-from .approvals import APPROVAL_PENDING, APPROVAL_RESOLVED, TOOL_EXECUTED, ApprovalBroker, Decision, Subscription
+from .approvals import (
+    APPROVAL_PENDING,
+    APPROVAL_RESOLVED,
+    TOOL_EXECUTED,
+    TOOL_GATED,
+    ApprovalBroker,
+    Decision,
+    Subscription,
+)
 from .audit import AuditLog, audit_file, scrub, summarise_arguments
 from .definitions import (
     TOOL_DEFINITIONS,
@@ -44,9 +53,11 @@ __all__ = [
     "APPROVAL_RESOLVED",
     "TOOL_DEFINITIONS",
     "TOOL_EXECUTED",
+    "TOOL_GATED",
     "TOOL_NAMES",
     "ApprovalBroker",
     "AuditLog",
+    "Authorization",
     "Decision",
     "Executor",
     "Journal",
@@ -82,6 +93,24 @@ log = logging.getLogger("llmtune_companion.tools")
 
 # Called with (workspace, rule) when a person approves with "remember": persist the rule.
 RememberHook = Callable[[str, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    """What `ToolRunner.authorize` decided about one call, and what executing it then needs."""
+
+    allowed: bool
+    decision: str  # allow / deny / skipped
+    by: str  # policy, default, sandbox, user:NAME, timeout, no-approver, arguments, preview ...
+    reason: str | None = None
+    rule: str | None = None
+    approval_id: str | None = None
+    remembered: str | None = None
+    # A refusal as the model reads it (execute mode).
+    refusal: ToolResult | None = None
+    policy: dict[str, Any] = field(default_factory=dict)
+    target: str | None = None
+    expect_sha256: str | Literal[False] | None = False
 
 
 class ToolRunner:
@@ -172,65 +201,99 @@ class ToolRunner:
         return (str(name) if name else "?", dict(raw) if isinstance(raw, Mapping) else {"raw": str(raw or "")},
                 call_id if isinstance(call_id, str) else None)
 
-    async def _run(self, workspace: str, call: ToolCall, started: float) -> ToolResult:
+    async def authorize(self, workspace: str, call: ToolCall, *, execute: bool = True) -> Authorization:
+        """The one approval step of gate and execute modes: the policy, then a person if it asks.
+
+        Approval events are published by the broker; the audit line is written by the caller
+        (`run` after executing, `gate` at once), so each call gets exactly one.
+        """
         verdict = self.policy.evaluate(call, self.sandbox)
         policy_meta = verdict.to_dict()
         if verdict.action == "deny":
             content = verdict.reason if verdict.source == "sandbox" else (
                 f"Refused by the workspace's tool policy: {verdict.reason}. Do not retry this call.")
-            result = ToolResult(content, ok=False, meta={"error": "denied", "policy": policy_meta})
-            return self._done(workspace, call.name, call.arguments, call.id, result, started, decision="deny",
-                              by=verdict.source, rule=verdict.rule, reason=verdict.reason)
+            return Authorization(False, "deny", verdict.source, verdict.reason, verdict.rule,
+                                 refusal=ToolResult(content, ok=False, meta={"error": "denied", "policy": policy_meta}))
         decided_by: str = "policy" if verdict.source == "rule" else verdict.source
-        approval_id: str | None = None
-        expect: str | Literal[False] | None = False
-        remembered: str | None = None
-        if verdict.action == "ask":
-            if self.broker is None:
-                result = ToolResult(f"This call needs a person's approval ({verdict.reason}) and no one can be "
-                                    "asked here; it was not run.", ok=False,
-                                    meta={"error": "denied", "policy": policy_meta})
-                return self._done(workspace, call.name, call.arguments, call.id, result, started, decision="deny",
-                                  by="no-approver", rule=verdict.rule, reason=verdict.reason)
-            preview = await self.executor.preview(call)
-            if preview.error is not None:
-                # It would fail anyway: tell the model without bothering anyone.
-                return self._done(workspace, call.name, call.arguments, call.id, preview.error, started,
-                                  decision="skipped", by="preview", rule=verdict.rule)
-            preview.meta["reason"] = verdict.reason
-            decision = await self.broker.request(workspace, call, preview, timeout=self.approval_timeout)
-            approval_id = decision.approval_id
-            decided_by = decision.by
-            if not decision.allow:
-                if decision.timed_out:
-                    content = "No one approved this call in time; it was not run."
-                else:
-                    content = "The user denied this call; it was not run." + (
-                        f" Reason: {decision.reason}" if decision.reason else "")
-                result = ToolResult(content, ok=False, meta={"error": "timeout" if decision.timed_out else "denied",
-                                                             "policy": policy_meta})
-                return self._done(workspace, call.name, call.arguments, call.id, result, started, decision="deny",
-                                  by=decided_by, rule=verdict.rule, reason=decision.reason)
-            if decision.remember:
-                remembered = self.policy.remember(call, self.sandbox)
-                if remembered and self.on_remember is not None:
-                    try:
-                        self.on_remember(workspace, remembered)
-                    except Exception:
-                        log.exception("could not save the remembered rule %s", remembered)
-            if "before_sha256" in preview.meta:
-                expect = preview.meta["before_sha256"]
-        result = await self.executor.execute(call, workspace=workspace, expect_sha256=expect,
-                                             expect_path=verdict.target.display if verdict.target else None)
-        result.meta.setdefault("policy", policy_meta)
-        if remembered:
-            result.meta["remembered_rule"] = remembered
+        auth = Authorization(True, "allow", decided_by, verdict.reason, verdict.rule, policy=policy_meta,
+                             target=verdict.target.display if verdict.target else None)
+        if verdict.action != "ask":
+            return auth
+        if self.broker is None:
+            content = (f"This call needs a person's approval ({verdict.reason}) and no one can be asked here; "
+                       "it was not run.")
+            return replace(auth, allowed=False, decision="deny", by="no-approver",
+                           reason="it needs approval and no one can be asked",
+                           refusal=ToolResult(content, ok=False, meta={"error": "denied", "policy": policy_meta}))
+        preview = await self.executor.preview(call)
+        if preview.error is not None and execute:
+            # It would fail anyway: tell the model without bothering anyone.
+            return replace(auth, allowed=False, decision="skipped", by="preview", reason=None, refusal=preview.error)
+        preview.meta["reason"] = verdict.reason
+        decision = await self.broker.request(workspace, call, preview, timeout=self.approval_timeout)
+        auth = replace(auth, by=decision.by, approval_id=decision.approval_id)
+        if not decision.allow:
+            if decision.timed_out:
+                content = "No one approved this call in time; it was not run."
+            else:
+                content = "The user denied this call; it was not run." + (
+                    f" Reason: {decision.reason}" if decision.reason else "")
+            reason = decision.reason or ("no one approved it in time" if decision.timed_out else "the user denied it")
+            return replace(auth, allowed=False, decision="deny", reason=reason, refusal=ToolResult(
+                content, ok=False, meta={"error": "timeout" if decision.timed_out else "denied",
+                                         "policy": policy_meta}))
+        if decision.remember:
+            remembered = self.policy.remember(call, self.sandbox)
+            if remembered and self.on_remember is not None:
+                try:
+                    self.on_remember(workspace, remembered)
+                except Exception:
+                    log.exception("could not save the remembered rule %s", remembered)
+            auth = replace(auth, remembered=remembered)
+        if "before_sha256" in preview.meta:
+            auth = replace(auth, expect_sha256=preview.meta["before_sha256"])
+        return auth
+
+    async def gate(self, workspace: str, call: ToolCall | Mapping[str, Any]) -> Authorization:
+        """Gate mode: the IDE runs the call, so only the decision is made (and audited) here."""
+        started = time.monotonic()
+        name, arguments, call_id = self._describe(call)
+        try:
+            parsed = coerce_call(call)
+        except ToolArgumentError as exc:
+            auth = Authorization(False, "deny", "arguments", str(exc))
+        else:
+            try:
+                auth = await self.authorize(workspace, parsed, execute=False)
+            except asyncio.CancelledError:
+                self._done(workspace, name, arguments, call_id, ToolResult("cancelled", ok=False), started,
+                           decision="cancelled", by="cancelled", event=TOOL_GATED)
+                raise
+        outcome = ToolResult(auth.reason or "", ok=auth.allowed, meta={"mode": "gate"})
+        self._done(workspace, name, arguments, call_id, outcome, started, decision=auth.decision, by=auth.by,
+                   rule=auth.rule, reason=None if auth.allowed else auth.reason, approval_id=auth.approval_id,
+                   event=TOOL_GATED)
+        return auth
+
+    async def _run(self, workspace: str, call: ToolCall, started: float) -> ToolResult:
+        auth = await self.authorize(workspace, call)
+        if not auth.allowed:
+            assert auth.refusal is not None
+            return self._done(workspace, call.name, call.arguments, call.id, auth.refusal, started,
+                              decision=auth.decision, by=auth.by, rule=auth.rule,
+                              reason=auth.reason if auth.decision == "deny" else None,
+                              approval_id=auth.approval_id)
+        result = await self.executor.execute(call, workspace=workspace, expect_sha256=auth.expect_sha256,
+                                             expect_path=auth.target)
+        result.meta.setdefault("policy", auth.policy)
+        if auth.remembered:
+            result.meta["remembered_rule"] = auth.remembered
         return self._done(workspace, call.name, call.arguments, call.id, result, started, decision="allow",
-                          by=decided_by, rule=verdict.rule, approval_id=approval_id)
+                          by=auth.by, rule=auth.rule, approval_id=auth.approval_id)
 
     def _done(self, workspace: str, tool: str, arguments: Mapping[str, Any], call_id: str | None, result: ToolResult,
               started: float, *, decision: str, by: str, rule: str | None = None, reason: str | None = None,
-              approval_id: str | None = None) -> ToolResult:
+              approval_id: str | None = None, event: str = TOOL_EXECUTED) -> ToolResult:
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         result_bytes = len(result.content.encode("utf-8", "replace"))
         result.meta["decision"] = decision
@@ -241,14 +304,14 @@ class ToolRunner:
                     workspace=workspace, tool=tool, arguments=arguments, decision=decision, decided_by=by,
                     ok=result.ok, result_bytes=result_bytes, duration_ms=duration_ms, call_id=call_id, rule=rule,
                     reason=reason, approval_id=approval_id,
-                    extra={key: result.meta[key] for key in ("exit_code", "timed_out", "undo_id", "error")
+                    extra={key: result.meta[key] for key in ("exit_code", "timed_out", "undo_id", "error", "mode")
                            if key in result.meta},
                 )
             except Exception:
                 log.exception("could not write the tool audit log")
         if self.broker is not None:
             self.broker.publish({
-                "type": TOOL_EXECUTED,
+                "type": event,
                 "workspace": workspace,
                 "tool": tool,
                 "call_id": call_id,

@@ -36,7 +36,6 @@ from ..runtime import Runtime
 from ..upstream.forwarding import forward
 from ..upstream.routing import Route
 from . import ToolRunner
-from .definitions import ToolArgumentError, parse_call
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +183,7 @@ class AgentLoop:
                                                      "upstream_error", response.status))
                     return await client.close()
                 headers_out = {"Content-Type": response.headers.get("Content-Type", "application/json"),
-                               "X-Companion-Backend": forwarded.backend}
+                               "X-Companion-Backend": forwarded.backend, **forwarded.client_headers()}
                 if "Retry-After" in response.headers:
                     headers_out["Retry-After"] = response.headers["Retry-After"]
                 return web.Response(status=response.status, body=body, headers=headers_out)
@@ -201,7 +200,7 @@ class AgentLoop:
                     if text:
                         await client.chunk({"content": text})
             except UpstreamBroken as exc:
-                await client.raw(sse_error_event(f"{exc}; the answer is incomplete", "upstream_broken"))
+                await client.raw(sse_error_event(f"{exc}; the answer is incomplete", exc.code))
                 return await client.close()
             _add_usage(self.usage, turn.usage)
             return None
@@ -273,23 +272,5 @@ class RunnerHost:
 
     async def authorize(self, workspace: Workspace, call: FunctionCall) -> ToolVerdict:
         """Gate mode: the IDE runs the call, so only the decision is made here, never the call."""
-        runner = self.runner
-        try:
-            parsed = parse_call(call.name, call.arguments, call.id)
-        except ToolArgumentError as exc:
-            return ToolVerdict(False, str(exc), "arguments")
-        verdict = runner.policy.evaluate(parsed, runner.sandbox)
-        if verdict.action == "allow":
-            return ToolVerdict(True, verdict.reason, "policy")
-        if verdict.action == "deny":
-            return ToolVerdict(False, verdict.reason, verdict.source)
-        if runner.broker is None:
-            return ToolVerdict(False, "it needs approval and no one can be asked", "policy")
-        preview = await runner.executor.preview(parsed)
-        decision = await runner.broker.request(workspace.name, parsed, preview, timeout=runner.approval_timeout)
-        if decision.allow and decision.remember:
-            rule = runner.policy.remember(parsed, runner.sandbox)
-            if rule and runner.on_remember is not None:
-                runner.on_remember(workspace.name, rule)
-        reason = decision.reason or ("no one approved it in time" if decision.timed_out else "the user denied it")
-        return ToolVerdict(decision.allow, reason, decision.by)
+        auth = await self.runner.gate(workspace.name, call.to_wire())
+        return ToolVerdict(auth.allowed, auth.reason or "", auth.by)

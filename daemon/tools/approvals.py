@@ -8,6 +8,7 @@ at once. `subscribe()` yields events for an SSE endpoint:
 - `{"type": "approval.pending", "approval": {...}}`
 - `{"type": "approval.resolved", "id", "workspace", "tool", "allow", "remember", "reason", "by"}`
 - `{"type": "tool.executed", ...}`: published by `ToolRunner` after each call it runs (`publish`)
+- `{"type": "tool.gated", ...}`: the same fields, for a gate-mode decision (the IDE runs the call)
 
 Every event also carries `"time"` (Unix seconds). The broker belongs to one event loop: call
 `resolve` from it (aiohttp handlers do), or through `loop.call_soon_threadsafe`.
@@ -31,6 +32,8 @@ from .results import Preview
 APPROVAL_PENDING = "approval.pending"
 APPROVAL_RESOLVED = "approval.resolved"
 TOOL_EXECUTED = "tool.executed"
+# A gate-mode decision: the call goes back to the IDE (allowed) or is refused; nothing ran here.
+TOOL_GATED = "tool.gated"
 
 # Strings longer than this are cut in the arguments shown with a pending approval (the preview
 # carries the diff).

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import orjson
 
-from ..adapters import Backend, BackendRequest, BackendResponse, BackendUnavailable
+from ..adapters import Backend, BackendRequest, BackendResponse, BackendUnavailable, PoolTimeout, UpstreamBroken
 from ..config.settings import HOSTED_BACKEND, UpstreamSettings, Workspace
 from ..errors import CompanionError
 from ..logs import redact
@@ -22,6 +22,10 @@ from .routing import Route, missing_key_message, not_configured_message
 
 log = logging.getLogger(__name__)
 
+
+# The OpenAI SDKs retry a 5xx or 429 unless the answer says not to; after our own retries they must not
+# (3 SDK tries x 3 of ours = 9 upstream calls for one failed turn).
+SHOULD_RETRY_HEADER = "x-should-retry"
 
 # Endpoints whose hosted 404 means "no such model" (a platform path's 404 is about a job or a path).
 MODEL_ENDPOINTS = frozenset({"chat", "agent_chat", "completions", "embeddings"})
@@ -60,6 +64,13 @@ class Forwarded:
     retries: int = 0
     # (prompt, completion) tokens when the answer reported usage; set while it is relayed.
     usage: tuple[int | None, int | None] = (None, None)
+
+    def client_headers(self) -> dict[str, str]:
+        """Headers of ours for the client's answer: `x-should-retry: false` once we retried a failure."""
+        status = self.response.status
+        if self.retries and (status >= 500 or status == 429):
+            return {SHOULD_RETRY_HEADER: "false"}
+        return {}
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -121,18 +132,24 @@ async def forward(
         else:
             try:
                 response, retries = await send_with_retries(backend, request, policy)
+            except PoolTimeout as exc:
+                failure = CompanionError(503, str(exc), "upstream_pool_timeout", {"backend": backend.name})
             except BackendUnavailable as exc:
                 code = "upstream_timeout" if exc.timeout else "upstream_unreachable"
                 message = str(exc)
                 if backend.injects_workspace_key and runtime.router.suggestion(route.model) is not None:
                     message += f" ({runtime.router.sent_to_hosted(route.model)})"
                 failure = CompanionError(504 if exc.timeout else 502, message, code, {"backend": backend.name})
+            except UpstreamBroken as exc:
+                failure = CompanionError(502, str(exc), "upstream_broken", {"backend": backend.name})
             else:
                 if (response.status == 404 and backend.injects_workspace_key and request.endpoint in MODEL_ENDPOINTS
                         and await runtime.model_is_listed(backend, route.model, workspace) is False):
                     raise await unknown_hosted_model(runtime, route, response)
                 bad = response.status >= 500 or response.status == 402
                 if not (bad and route.fallback and fallback_from is None):
+                    if backend.kind == "llmtune" and not bad:
+                        hosted_answered(runtime)
                     return Forwarded(response, backend.name, fallback_from, retries)
                 await response.aclose()
                 log.warning("backend %r answered %d; falling back to %r", backend.name, response.status,
@@ -144,9 +161,30 @@ async def forward(
         if failure is not None:
             log.warning("%s; falling back to %r", failure.message, route.fallback)
         fallback_from = route.backend
+        if backend is not None and backend.kind == "llmtune":
+            error = failure.code if failure is not None else ("insufficient_quota" if response.status == 402
+                                                              else "upstream_error")
+            hosted_fell_back(runtime, backend.name, route.fallback, error)
         target = runtime.router.resolve(route.fallback)
         route = replace(target, fallback=None)
         request = with_model(request, route.model)
+
+
+# Events on the control API's stream (the tray shows them): the hosted API failed and a request fell
+# back, or it answers again after that.
+HOSTED_FALLBACK = "hosted.fallback"
+HOSTED_RECOVERED = "hosted.recovered"
+
+
+def hosted_fell_back(runtime: Runtime, backend: str, fallback: str, error: str) -> None:
+    runtime.hosted_degraded = True
+    runtime.approvals.publish({"type": HOSTED_FALLBACK, "backend": backend, "fallback": fallback, "error": error})
+
+
+def hosted_answered(runtime: Runtime) -> None:
+    if runtime.hosted_degraded:
+        runtime.hosted_degraded = False
+        runtime.approvals.publish({"type": HOSTED_RECOVERED, "backend": "llmtune"})
 
 
 async def require_listed(runtime: Runtime, route: Route, model: str, workspace: Workspace, listing: str) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import trustme
-from llmtune_companion.adapters import BackendUnavailable, UpstreamBroken
+from llmtune_companion.adapters import BackendUnavailable, PoolTimeout, UpstreamBroken
 from llmtune_companion.adapters.http import HTTPResponse
 from llmtune_companion.adapters.http1 import HIGH_WATER, Connection, ConnectionPool
 
@@ -435,3 +435,72 @@ async def test_https_with_a_trusted_certificate_and_refused_without(raw_server: 
     async with ConnectionPool() as untrusting:  # the system's roots do not know this authority
         with pytest.raises(BackendUnavailable, match="TLS failed"):
             await untrusting.request("POST", server.url + "/v1/x", {}, b"{}", **TIMEOUTS)
+
+
+# -- issue 8: HEAD, header limits, a malformed chunk with the headers, waiting for a connection -------
+
+
+async def test_head_with_a_content_length_ends_at_the_headers(pool: ConnectionPool, raw_server: ServerFactory) -> None:
+    async def head_answer(exchange: Exchange) -> None:
+        while await exchange.request() is not None:
+            await exchange.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nContent-Type: text/plain\r\n\r\n")
+
+    server = await raw_server(head_answer)
+    started = time.monotonic()
+    conn = await pool.request("HEAD", f"{server.url}/file", {}, None, **TIMEOUTS)
+    response = HTTPResponse(conn)
+    assert await asyncio.wait_for(response.read(), 1.0) == b""
+    assert response.content_length == 1234
+    await response.aclose()
+    assert time.monotonic() - started < 1.0, "HEAD waited for a body that never comes"
+    # The connection is not reused (its parser expected a body); the next request opens a new one.
+    conn = await pool.request("HEAD", f"{server.url}/file", {}, None, **TIMEOUTS)
+    await HTTPResponse(conn).aclose()
+    assert server.connections == 2
+
+
+async def test_response_headers_over_the_limit_are_refused(raw_server: ServerFactory) -> None:
+    sent = 0
+
+    async def huge_header(exchange: Exchange) -> None:
+        nonlocal sent
+        await exchange.request()
+        await exchange.send(b"HTTP/1.1 200 OK\r\nX-Junk: ")
+        piece = b"a" * 65536
+        for _ in range(1024):  # 64 MB, if nobody stops reading
+            await exchange.send(piece)
+            sent += len(piece)
+
+    server = await raw_server(huge_header)
+    async with ConnectionPool(limit=2, max_header_bytes=64 * 1024) as small:
+        with pytest.raises(UpstreamBroken, match="over 65536 bytes"):
+            await small.request("GET", f"{server.url}/", {}, None, **TIMEOUTS)
+    assert sent < 4 * 1024 * 1024, "the client went on reading a header far past the limit"
+
+
+async def test_a_malformed_chunk_with_the_headers_is_upstream_broken(
+    pool: ConnectionPool, raw_server: ServerFactory
+) -> None:
+    async def bad_chunk(exchange: Exchange) -> None:
+        await exchange.request()
+        await exchange.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nnot a chunk\r\n")
+
+    server = await raw_server(bad_chunk)
+    with pytest.raises(UpstreamBroken, match="malformed"):
+        await pool.request("GET", f"{server.url}/", {}, None, **TIMEOUTS)
+
+
+async def test_waiting_for_a_connection_is_bounded(raw_server: ServerFactory) -> None:
+    async def slow(exchange: Exchange) -> None:
+        await exchange.request()
+        await asyncio.sleep(3)
+
+    server = await raw_server(slow)
+    async with ConnectionPool(limit=1, pool_timeout=0.3) as tiny:
+        first = asyncio.create_task(tiny.request("GET", f"{server.url}/", {}, None, **TIMEOUTS))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        with pytest.raises(PoolTimeout, match="busy"):
+            await tiny.request("GET", f"{server.url}/", {}, None, **TIMEOUTS)
+        assert time.monotonic() - started < 1.0
+        first.cancel()

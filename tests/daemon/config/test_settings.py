@@ -154,7 +154,26 @@ BAD_CONFIGS = {
     "negative ttl": ("[cache]\nmodels_ttl = -1\n", ["cache.models_ttl", "greater than or equal to 0"]),
     "hosted url": ('[hosted]\nbase_url = "api.llmtune.io"\n', ["hosted.base_url", "http://"]),
     "empty route match": ('[[routes]]\nmatch = ""\nbackend = "echo"\n', ["routes.0.match", "at least 1"]),
+    "negative grace": ("[server]\nshutdown_grace = -1\n", ["server.shutdown_grace", "greater than or equal"]),
+    "zero pool timeout": ("[upstream]\npool_timeout = 0\n", ["upstream.pool_timeout", "greater than"]),
+    "tiny header limit": ("[upstream]\nmax_header_bytes = 10\n", ["upstream.max_header_bytes", "1024"]),
+    "missing ca bundle": ('[upstream]\nca_bundle = "/nonexistent/ca.pem"\n', ["upstream.ca_bundle", "PEM"]),
 }
+
+
+def test_issue_8_settings_have_defaults_and_are_read(home: Paths, tmp_path: Path) -> None:
+    defaults = load_config(home, {}).settings
+    assert defaults.server.shutdown_grace == 10.0
+    assert (defaults.upstream.pool_timeout, defaults.upstream.max_header_bytes) == (30.0, 64 * 1024)
+    assert defaults.upstream.ca_bundle is None
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    write_config(home, f'[server]\nshutdown_grace = 2.5\n[upstream]\npool_timeout = 5\nmax_header_bytes = 8192\n'
+                       f'ca_bundle = "{bundle}"\n')
+    settings = load_config(home, {}).settings
+    assert settings.server.shutdown_grace == 2.5
+    assert (settings.upstream.pool_timeout, settings.upstream.max_header_bytes) == (5.0, 8192)
+    assert settings.upstream.ca_bundle == str(bundle)
 
 
 @pytest.mark.parametrize("case", list(BAD_CONFIGS))

@@ -236,3 +236,30 @@ async def test_execute_mode_needs_a_root(standin: StandIn, start_daemon: StartDa
             model=MODEL, messages=[{"role": "user", "content": "x"}],
             extra_headers={"X-Companion-Tools": "execute"})
     assert "root" in str(caught.value)
+
+
+async def test_gate_decisions_are_audited_and_published(
+    standin: StandIn, start_daemon: StartDaemon, workspace_root: Path
+) -> None:
+    """Gate mode goes through the same authorize step as execute: one audit line and one event per call."""
+    daemon = await start(start_daemon, standin, workspace_root, "gate")
+    events = daemon.runtime.approvals.subscribe(replay=False)
+    standin.api.script_tool_calls([("read_file", {"path": "README.md"}), ("run_terminal", {"command": "rm -rf ."})])
+    tools = [{"type": "function", "function": {"name": "read_file", "parameters": {"type": "object"}}},
+             {"type": "function", "function": {"name": "run_terminal", "parameters": {"type": "object"}}}]
+    chat = asyncio.create_task(daemon.openai().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "do things"}], tools=tools))  # type: ignore[arg-type]
+    pending = await wait_for_approval(daemon)
+    daemon.runtime.approvals.resolve(pending["id"], False, reason="too dangerous", by="user:test")
+    await asyncio.wait_for(chat, 10)
+    lines = [json.loads(line) for line in (daemon.paths.log_dir / "tools-audit.jsonl").read_text().splitlines()]
+    assert [(line["tool"], line["decision"], line["mode"]) for line in lines] == [
+        ("read_file", "allow", "gate"), ("run_terminal", "deny", "gate")]
+    assert lines[1]["decided_by"] == "user:test" and lines[1]["reason"] == "too dangerous"
+    assert lines[1]["approval_id"] == pending["id"]
+    gated = []
+    while not events.queue.empty():
+        event = events.queue.get_nowait()
+        if event["type"] == "tool.gated":
+            gated.append((event["tool"], event["decision"]))
+    assert gated == [("read_file", "allow"), ("run_terminal", "deny")]

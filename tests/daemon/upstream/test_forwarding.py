@@ -318,3 +318,70 @@ def test_with_model_rewrites_only_the_model() -> None:
     assert orjson.loads(moved.body) == {"model": "real-model", "messages": [], "metadata": {"b": 1, "a": [1.5, None]}}
     assert moved.payload is not None and moved.payload["model"] == "real-model"
     assert request.payload is not None and request.payload["model"] == "alias-x"  # the original is untouched
+
+
+# -- no retry multiplication (issue 8) -----------------------------------------------------------
+
+
+async def test_after_our_retries_the_sdk_does_not_retry_again(standin: StandIn, start_daemon: StartDaemon) -> None:
+    daemon = await start_daemon(config=FAST, env={"LLMTUNE_BASE_URL": standin.url})
+    standin.api.fail_next(500, times=50)
+    client = daemon.openai(max_retries=2)  # the SDK's own default, as Continue runs it
+    with pytest.raises(openai.InternalServerError) as failed:
+        await client.chat.completions.create(model=HOSTED, messages=HELLO)
+    assert failed.value.response.headers["x-should-retry"] == "false"
+    assert calls(standin) == 3, "the SDK's retries multiplied ours"
+
+
+async def test_no_should_retry_header_when_we_did_not_retry(standin: StandIn, start_daemon: StartDaemon,
+                                                           http: aiohttp.ClientSession) -> None:
+    daemon = await start_daemon(config="[upstream]\nmax_retries = 0\n", env={"LLMTUNE_BASE_URL": standin.url})
+    standin.api.fail_next(500)
+    async with http.post(daemon.base_url + "/chat/completions", headers=daemon.auth(),
+                         json={"model": HOSTED, "messages": HELLO}) as response:
+        assert response.status == 500
+        assert "x-should-retry" not in response.headers
+
+
+@pytest.mark.parametrize("path", ["/api/v1/llm/completions", "/v1/chat/completions"])
+async def test_the_routing_api_and_gate_mode_say_it_too(
+    standin: StandIn, start_daemon: StartDaemon, http: aiohttp.ClientSession, tmp_path: Any, path: str
+) -> None:
+    config = FAST + f'[workspaces.default]\nroot = "{tmp_path}"\ntools = "gate"\n'
+    daemon = await start_daemon(config=config, env={"LLMTUNE_BASE_URL": standin.url})
+    standin.api.fail_next(503, times=3)
+    async with http.post(daemon.url + path, headers=daemon.auth(),
+                         json={"model": HOSTED, "messages": HELLO}) as response:
+        assert response.status == 503
+        assert response.headers["x-should-retry"] == "false"
+
+
+async def read_events(response: aiohttp.ClientResponse, wanted: int) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    async with asyncio.timeout(WAIT):
+        while len(events) < wanted:
+            line = await response.content.readline()
+            if line.startswith(b"data: "):
+                event = orjson.loads(line[6:])
+                if event["type"].startswith("hosted."):
+                    events.append(event)
+    return events
+
+
+async def test_fallback_and_recovery_are_published_on_the_event_stream(
+    standin: StandIn, start_daemon: StartDaemon, http: aiohttp.ClientSession
+) -> None:
+    daemon = await start_daemon(config=FALLBACK, env={"LLMTUNE_BASE_URL": standin.url})
+    async with http.get(daemon.url + "/companion/v1/events", headers=daemon.auth(daemon.control_token)) as events:
+        assert await events.content.readline() == b": connected\n"
+        standin.api.fail_next(500, times=3)
+        client = daemon.openai()
+        await client.chat.completions.create(model=HOSTED, messages=HELLO)  # falls back to echo
+        await client.chat.completions.create(model=HOSTED, messages=HELLO)  # the hosted API answers again
+        await client.chat.completions.create(model=HOSTED, messages=HELLO)  # healthy: no second event
+        fallback, recovered = await read_events(events, 2)
+    assert fallback["type"] == "hosted.fallback"
+    assert {k: fallback[k] for k in ("backend", "fallback", "error")} == {
+        "backend": "llmtune", "fallback": "echo", "error": "upstream_error"}
+    assert recovered["type"] == "hosted.recovered" and recovered["backend"] == "llmtune"
+    assert isinstance(fallback["time"], float)
