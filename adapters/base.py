@@ -291,3 +291,7 @@ class Backend(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.kind, "url": self.url}
+
+    def missing_dependency(self) -> str | None:
+        """What this backend cannot work without and is not installed, said with how to install it."""
+        return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
 RUNTIME = web.AppKey["Runtime"]("runtime")
 JOBS = web.AppKey["JobTracker"]("jobs")
 CONTROL_TOKEN = web.AppKey[str]("control_token")
+# Set by `serve`: stops the daemon gracefully (what SIGTERM does); absent when the app runs elsewhere (tests).
+SHUTDOWN = web.AppKey[Callable[[], None]]("shutdown")
 WORKSPACE = web.RequestKey["Workspace"]("workspace")
 DASHBOARD_AUTH = web.AppKey["DashboardAuth"]("dashboard_auth")
 # Set on a control request authenticated by the dashboard's session cookie (not the control token).

@@ -84,10 +84,23 @@ class LogFileHandler(logging.handlers.RotatingFileHandler):
         return False
 
 
+LEVEL_ENV = "LLMTUNE_COMPANION_LOG_LEVEL"
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def check_level(level: str) -> str:
+    """A log level name, upper-cased; ValueError naming the variable and the choices otherwise."""
+    name = level.strip().upper()
+    if name not in LEVELS:
+        raise ValueError(f"{LEVEL_ENV}={level!r} is not a log level; use one of {', '.join(LEVELS)}")
+    return name
+
+
 def configure(paths: Paths, level: str = "INFO", *, to_stderr: bool = True) -> None:
+    name = check_level(level)
     paths.ensure()
     root = logging.getLogger("llmtune_companion")
-    root.setLevel(level.upper())
+    root.setLevel(name)
     root.propagate = False
     for handler in list(root.handlers):
         root.removeHandler(handler)

@@ -43,6 +43,20 @@ log = logging.getLogger(__name__)
 
 SETTINGS_RELOADED = "settings.reloaded"
 
+# Settings read once at start (the listening socket, the connection pool): a reload cannot apply them.
+RESTART_SETTINGS = (("server", "host"), ("server", "port"), ("upstream", "pool_size"))
+
+
+def settings_needing_restart(running: Config, edited: Config) -> list[str]:
+    """`section.name: old -> new` for each start-only setting the edit changed."""
+    changed = []
+    for section, name in RESTART_SETTINGS:
+        old = getattr(getattr(running.settings, section), name)
+        new = getattr(getattr(edited.settings, section), name)
+        if old != new:
+            changed.append(f"{section}.{name}: {old} -> {new}")
+    return changed
+
 
 class UpstreamStatusError(Exception):
     def __init__(self, backend: str, status: int) -> None:
@@ -73,6 +87,9 @@ class Runtime:
         self.in_flight = 0  # requests inside the guard: a graceful shutdown waits for them
         self.drained: asyncio.Event | None = None  # set by the guard when the last one ends, once draining
         self.config_error: str | None = None
+        self.started_config = config
+        # Start-only settings edited since the start, applied by a restart only (shown by status).
+        self.restart_needed: list[str] = []
         self.reloads = 0
         self.model_cache = ModelListCache(paths.cache_dir, config.settings.cache.models_ttl)
         history = config.settings.history
@@ -200,6 +217,10 @@ class Runtime:
         self.config_error = None
         self.reloads += 1
         log.info("settings reloaded (%d workspaces, backends: %s)", len(config.workspaces), ", ".join(self.backends))
+        self.restart_needed = settings_needing_restart(self.started_config, config)
+        if self.restart_needed:
+            log.warning("%s changed; these apply only after a restart: run `llmtune-companion restart`",
+                        "; ".join(self.restart_needed))
         # The tray and the dashboard re-read the status on this instead of polling it.
         self.approvals.publish({"type": SETTINGS_RELOADED, "valid": True, "error": None})
         return True
@@ -215,7 +236,7 @@ class Runtime:
 
     # -- model lists --------------------------------------------------------------------------
 
-    def _cache_key(self, backend: Backend, workspace: Workspace) -> str:
+    def cache_key(self, backend: Backend, workspace: Workspace) -> str:
         return f"{backend.name}@{workspace.name}" if backend.per_workspace_models else backend.name
 
     def _cache_source(self, backend: Backend, workspace: Workspace) -> str:
@@ -225,7 +246,7 @@ class Runtime:
             parts.append(workspace.api_key or "")
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
-    async def _fetch_models(self, backend: Backend, workspace: Workspace) -> ModelList:
+    async def fetch_models(self, backend: Backend, workspace: Workspace) -> ModelList:
         response = await backend.handle(BackendRequest("models", api_key=workspace.api_key))
         try:
             body = await response.read()
@@ -248,10 +269,10 @@ class Runtime:
     ) -> CachedList | None:
         """One backend's list through the cache; None when it has never been reachable."""
         if backend.serves_any_model:
-            return CachedList(await self._fetch_models(backend, workspace), time.time(), False, None)
-        key = self._cache_key(backend, workspace)
+            return CachedList(await self.fetch_models(backend, workspace), time.time(), False, None)
+        key = self.cache_key(backend, workspace)
         try:
-            return await self.model_cache.get(key, lambda: self._fetch_models(backend, workspace), refresh=refresh,
+            return await self.model_cache.get(key, lambda: self.fetch_models(backend, workspace), refresh=refresh,
                                               source=self._cache_source(backend, workspace))
         except Exception as exc:
             log.warning("cannot list models of backend %r: %s", backend.name, exc)
@@ -299,7 +320,7 @@ class Runtime:
         for backend in self._listed_backends(workspace):
             if backend.serves_any_model:
                 continue
-            fresh = self.model_cache.peek(self._cache_key(backend, workspace))
+            fresh = self.model_cache.peek(self.cache_key(backend, workspace))
             if fresh is None:
                 return None
             parts.append(fresh.fetched_at)
@@ -326,7 +347,8 @@ class Runtime:
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "settings_dir": str(self.paths.root),
             "config": {"file": str(self.paths.config_file), "valid": self.config_error is None,
-                       "error": self.config_error, "reloads": self.reloads},
+                       "error": self.config_error, "reloads": self.reloads,
+                       "restart_needed": self.restart_needed},
             "workspaces": [
                 {"name": ws.name, "has_key": ws.has_key, "key_source": ws.key_source,
                  "tools": ws.settings.tools, "root": ws.settings.root}

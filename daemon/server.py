@@ -17,10 +17,11 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from .app import create_app, runner_options
-from .appkeys import RUNTIME
+from .appkeys import RUNTIME, SHUTDOWN
 from .config.paths import Paths, write_private
 from .config.settings import Config, is_loopback_host
 from .errors import ERROR_CODES, error_response
+from .instance import AlreadyRunning, InstanceLock, read_daemon_file
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +79,11 @@ class CompanionRunner(web.AppRunner):
         return server
 
 
+__all__ = ["AlreadyRunning", "PortBusy", "read_daemon_file", "run", "serve"]
+
+
 class PortBusy(Exception):
     pass
-
-
-def read_daemon_file(paths: Paths) -> dict[str, object] | None:
-    try:
-        data = orjson.loads(paths.daemon_file.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def display_url(host: str, port: int) -> str:
@@ -105,7 +101,9 @@ async def serve(
 ) -> None:
     if not is_loopback_host(host):
         raise ValueError(f"refusing to listen on {host}: the companion serves loopback only")
+    stop = stop or asyncio.Event()
     app = create_app(paths, config)
+    app[SHUTDOWN] = stop.set  # POST /companion/v1/shutdown stops the daemon the way SIGTERM does
     # Whatever is left after drain() is cut off quickly: drain already gave it the grace period.
     runner = CompanionRunner(app, shutdown_timeout=FINAL_WRITE_SECONDS, **runner_options())
     await runner.setup()
@@ -121,7 +119,6 @@ async def serve(
     url = display_url(host, bound)
     write_private(paths.daemon_file, orjson.dumps({"pid": os.getpid(), "url": url, "host": host, "port": bound,
                                                     "started_at": time.time()}))
-    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = 0
 
@@ -198,6 +195,9 @@ async def _drained(event: asyncio.Event, in_flight: int, timeout: float) -> bool
 
 
 def run(paths: Paths, config: Config, host: str, port: int, ready: Callable[[str], None]) -> int:
+    # Before anything is bound or written: a second daemon on this directory leaves the first's files alone.
+    lock = InstanceLock(paths)
+    lock.acquire()
     coroutine = serve(paths, config, host, port, ready=ready)
     try:
         try:
@@ -208,4 +208,6 @@ def run(paths: Paths, config: Config, host: str, port: int, ready: Callable[[str
             uvloop.run(coroutine)
     except KeyboardInterrupt:
         return 0
+    finally:
+        lock.release()
     return 0

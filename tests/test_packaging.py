@@ -59,6 +59,19 @@ def run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     return result
 
 
+def borrow_dependencies(python: Path) -> None:
+    """Let a fresh venv import the running interpreter's packages (pip, aiohttp, ...), after its own.
+
+    The running interpreter may itself be a venv (a newcomer's), whose packages `--system-site-packages`
+    would not reach. Plain path lines in a .pth file add those folders without running *their* .pth
+    files, so the outer editable install of this project stays invisible and the wheel is what imports.
+    """
+    borrowed = [entry for entry in sys.path if Path(entry).name in ("site-packages", "dist-packages")]
+    inner = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                           capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    Path(inner, "_outer_environment.pth").write_text("".join(f"{entry}\n" for entry in borrowed))
+
+
 def test_wheel_builds_installs_and_imports(tmp_path: Path) -> None:
     source = tmp_path / "source"
     shutil.copytree(ROOT, source, ignore=NOT_COPIED)
@@ -83,9 +96,9 @@ def test_wheel_builds_installs_and_imports(tmp_path: Path) -> None:
     assert "llmtune-companion = llmtune_companion.cli:main" in entry_points
 
     venv = tmp_path / "venv"
-    run(sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv, cwd=tmp_path)
+    run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp_path)
     python = venv / "bin" / "python"
-    # The venv borrows the outer pip (system site-packages) but installs into itself.
+    borrow_dependencies(python)
     run(python, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet", wheel, cwd=tmp_path)
 
     report = orjson.loads(run(python, "-c", IMPORT_ALL, cwd=tmp_path).stdout)

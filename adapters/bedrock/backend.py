@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
@@ -117,6 +118,11 @@ class BedrockBackend(Backend):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "region": self.region}
 
+    def missing_dependency(self) -> str | None:
+        if importlib.util.find_spec("boto3") is None:
+            return "boto3 is not installed: pip install boto3 (in a checkout: pip install -e '.[bedrock]')"
+        return None
+
     def _make_client(self) -> Any:
         import boto3
         from botocore.config import Config
@@ -156,7 +162,8 @@ class BedrockBackend(Backend):
         try:
             client = await self.client()
         except ImportError:
-            return error_reply(501, "the bedrock backend needs boto3: pip install 'llmtune-companion[bedrock]'",
+            return error_reply(501, "the bedrock backend needs boto3, which is not installed: pip install boto3 "
+                                    "(in a checkout: pip install -e '.[bedrock]'), then restart the daemon",
                                   "bedrock_unavailable", {"backend": self.name})
         except Exception as exc:
             return self._failure(exc)

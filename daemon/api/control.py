@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import time
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ..appkeys import RUNTIME
+from ..appkeys import RUNTIME, SHUTDOWN
 from ..config.paths import Paths, write_private
 from ..config.settings import ConfigError
 from ..config.workspaces import set_workspace
@@ -40,8 +41,14 @@ def load_control_token(paths: Paths) -> str:
 
 
 async def status(request: web.Request) -> web.Response:
+    """The daemon's state; `?probe=1` also asks every backend now (reachable, latency, models, last error)."""
     runtime = request.app[RUNTIME]
-    return web.Response(body=orjson.dumps(runtime.status()), content_type="application/json")
+    report = runtime.status()
+    if request.query.get("probe") in ("1", "true"):
+        from ..upstream.probe import probe_all
+
+        report["probes"] = await probe_all(runtime)
+    return web.Response(body=orjson.dumps(report), content_type="application/json")
 
 
 async def reload(request: web.Request) -> web.Response:
@@ -49,6 +56,20 @@ async def reload(request: web.Request) -> web.Response:
     ok = runtime.reload()
     return web.Response(body=orjson.dumps({"reloaded": ok, "error": runtime.config_error}),
                         content_type="application/json", status=200 if ok else 422)
+
+
+# How long after answering 202 the stop begins, so the answer reaches the caller first.
+SHUTDOWN_DELAY_SECONDS = 0.05
+
+
+async def shutdown(request: web.Request) -> web.Response:
+    """Stop the daemon gracefully, the same way SIGTERM does (what `llmtune-companion stop` calls)."""
+    stop = request.app.get(SHUTDOWN)
+    if stop is None:
+        raise CompanionError(409, "this daemon was not started by `llmtune-companion serve` and cannot stop "
+                                  "itself; stop the program that runs it", "shutdown_unavailable")
+    asyncio.get_running_loop().call_later(SHUTDOWN_DELAY_SECONDS, stop)
+    return _json({"stopping": True, "pid": os.getpid()}, status=202)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -230,6 +251,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/companion/v1/status", status)
     app.router.add_post("/companion/v1/reload", reload)
+    app.router.add_post("/companion/v1/shutdown", shutdown)
     app.router.add_get("/companion/v1/approvals", list_approvals)
     app.router.add_post("/companion/v1/approvals/{id}", resolve_approval)
     app.router.add_get("/companion/v1/events", events)

@@ -89,6 +89,17 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
         response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
 
 
+# OpenAI paths a client may send without the /v1 its base URL should end in.
+OPENAI_PATHS = ("/chat/completions", "/completions", "/embeddings", "/models")
+
+
+def not_found_message(path: str) -> str:
+    if path in OPENAI_PATHS or path.startswith("/models/"):
+        return (f"no such path {path}: the OpenAI-compatible API is under /v1 (POST /v1{path}); set your "
+                "client's base URL to http://127.0.0.1:PORT/v1")
+    return f"no such path {path} (the API is under /v1, the control API under /companion/v1)"
+
+
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
@@ -144,7 +155,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status, "http_error")
-        return error_response(exc.status, exc.reason, code, headers={"Allow": exc.headers["Allow"]}
+        message = not_found_message(request.path) if exc.status == 404 else exc.reason
+        return error_response(exc.status, message, code, headers={"Allow": exc.headers["Allow"]}
                               if "Allow" in exc.headers else None)
     except Exception as exc:
         # Logged here, once, with its traceback (to companion.log too); the server's handler skips it.

@@ -163,6 +163,15 @@ async def add_job(request: web.Request) -> web.Response:
     return _json({"job": tracked.to_dict()}, status=201)
 
 
+async def remove_job(request: web.Request) -> web.Response:
+    job_id = request.match_info["job_id"]
+    forgotten = request.app[JOBS].forget(job_id)
+    if forgotten is None:
+        raise CompanionError(404, f"no tracked fine-tune job {job_id!r} (see `llmtune-companion jobs`)",
+                             "job_not_found")
+    return _json({"removed": forgotten.to_dict()})
+
+
 async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx (after the runtime's): the job tracker's polling for the app's lifetime."""
     tracker = JobTracker(app[RUNTIME])
@@ -180,4 +189,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/fine-tune/{job_id}", get_fine_tune)
     app.router.add_get("/companion/v1/jobs", list_jobs)
     app.router.add_post("/companion/v1/jobs", add_job)
+    app.router.add_delete("/companion/v1/jobs/{job_id}", remove_job)
     app.cleanup_ctx.append(jobs_ctx)

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from ..config.paths import Paths
+from ..instance import is_running, read_daemon_file
 from .common import CLIError
 
 
@@ -29,12 +30,13 @@ class DaemonUnreachable(CLIError):
 
 def daemon_url(paths: Paths) -> str | None:
     """The URL of the daemon that is running for this settings directory, if any."""
-    from ..server import read_daemon_file
 
     info = read_daemon_file(paths) or {}
     url, pid = info.get("url"), info.get("pid")
     if not isinstance(url, str) or not isinstance(pid, int):
         return None
+    if paths.lock_file.exists() and not is_running(paths):
+        return None  # left by a daemon that died; its pid may belong to another process by now
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -10,10 +10,10 @@ import sys
 
 from .. import __version__
 from ..config.paths import Paths
-from . import connect, dashboard, jobs, models, serve, service, tools, tray, workspace
+from . import connect, dashboard, jobs, lifecycle, models, serve, service, tools, tray, workspace
 from .common import CLIError
 
-COMMANDS = (serve, workspace, models, tools, jobs, dashboard, connect, service, tray)
+COMMANDS = (serve, lifecycle, workspace, models, tools, jobs, dashboard, connect, service, tray)
 
 
 def build_parser() -> argparse.ArgumentParser:

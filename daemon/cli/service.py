@@ -130,5 +130,5 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     uninstall.add_argument("--yes", action="store_true", help="do not ask before --purge")
     uninstall.set_defaults(func=cmd_uninstall)
     status = actions.add_parser("status", help="installed, enabled, running, and the files involved")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="print {installed, enabled, running, files} as JSON")
     status.set_defaults(func=cmd_status)

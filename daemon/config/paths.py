@@ -46,6 +46,11 @@ class Paths:
         return self.root / "daemon.json"
 
     @property
+    def lock_file(self) -> Path:
+        """Held locked by the daemon serving this directory: one daemon per settings directory."""
+        return self.root / "daemon.lock"
+
+    @property
     def cache_dir(self) -> Path:
         return self.root / "cache"
 

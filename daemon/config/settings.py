@@ -342,11 +342,18 @@ def _known_keys(loc: tuple[int | str, ...]) -> list[str] | None:
     return None
 
 
-def _format_validation(error: ValidationError, source: str) -> str:
+# pydantic's wording -> plain words (the prefix pydantic puts before our own validators' messages goes).
+PLAIN_MESSAGES = {"bool_type": "Input should be true or false"}
+
+
+def format_validation(error: ValidationError, source: str) -> str:
+    """`config.toml: workspaces.team: tools = 'execute' needs root ...`: the field, then what is wrong."""
     lines = []
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"]
+        message = PLAIN_MESSAGES.get(item["type"]) or item["msg"]
+        for prefix in ("Value error, ", "Assertion failed, "):
+            message = message.removeprefix(prefix)
         known = _known_keys(item["loc"]) if item["type"] == "extra_forbidden" else None
         if known:
             message = f"unknown key (expected one of: {', '.join(known)})"
@@ -366,7 +373,7 @@ def read_settings(path: Path) -> Settings:
     try:
         return validate_settings(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(exc, path.name)) from exc
+        raise ConfigError(format_validation(exc, path.name)) from exc
 
 
 def validate_settings(raw: dict[str, Any]) -> Settings:
@@ -439,6 +446,10 @@ def load_config(paths: Paths, environ: Mapping[str, str] | None = None) -> Confi
     if changed:
         paths.ensure()
         store.write(data)
+    if paths.root.is_dir() and not paths.config_file.exists():
+        from .template import write_template
+
+        write_template(paths)  # first run: every setting, commented out, to discover by opening the file
 
     backends = dict(settings.backends)
     local_url = env.get(ENV_LOCAL_URL)
@@ -446,7 +457,7 @@ def load_config(paths: Paths, environ: Mapping[str, str] | None = None) -> Confi
         try:
             backends["local"] = BackendSettings(type="openai", url=local_url)
         except ValidationError as exc:
-            raise ConfigError(_format_validation(exc, ENV_LOCAL_URL)) from exc
+            raise ConfigError(format_validation(exc, ENV_LOCAL_URL)) from exc
     backends.setdefault(ECHO_BACKEND, BackendSettings(type="echo"))
     for index, route in enumerate(settings.routes):
         if route.backend != HOSTED_BACKEND and route.backend not in backends:

@@ -16,10 +16,45 @@ from .settings import (
     NAME_PATTERN,
     ConfigError,
     SecretsStore,
+    format_validation,
     new_token,
     read_settings,
     validate_settings,
 )
+
+KEY_PREFIX = "sk_"
+
+
+def check_key(key: str) -> None:
+    """An LLMTune workspace key looks like `sk_...`; anything else is most likely a paste mistake."""
+    key = key.strip()
+    if key.startswith(("lct_", "ctl_")):
+        raise ConfigError("that is a token this companion made (lct_... / ctl_...), not an LLMTune key: paste "
+                          "the workspace key (sk_...) from your LLMTune dashboard (--force stores it anyway)")
+    if not key.startswith(KEY_PREFIX):
+        raise ConfigError(f"an LLMTune key starts with {KEY_PREFIX!r}; this one does not (check what was "
+                          "pasted; --force stores it anyway)")
+    if any(char.isspace() for char in key):
+        raise ConfigError("the key contains spaces or line breaks (check what was pasted; --force stores it anyway)")
+
+
+def workspace_exists(paths: Paths, name: str) -> bool:
+    """Named in config.toml or secrets.json (or `default`, which always exists)."""
+    if name == DEFAULT_WORKSPACE or name in read_settings(paths.config_file).workspaces:
+        return True
+    return name in SecretsStore(paths.secrets_file).read()["workspaces"]
+
+
+def check_root(paths: Paths, root: str) -> str:
+    """An existing directory outside the companion's own settings (keys, tokens, journal live there)."""
+    resolved = Path(root).expanduser().resolve()
+    if not resolved.is_dir():
+        raise ConfigError(f"root {root!r} is not a directory")
+    settings_dir = paths.root.resolve()
+    if resolved == settings_dir or resolved.is_relative_to(settings_dir):
+        raise ConfigError(f"root {root!r} is the companion's own settings directory, which holds your keys: "
+                          "choose your project's directory")
+    return str(resolved)
 
 
 def check_name(name: str) -> None:
@@ -38,7 +73,7 @@ def _edit_config(paths: Paths, change: Any, *, validate: bool = False) -> None:
         try:
             validate_settings(tomllib.loads(text))
         except ValidationError as exc:
-            raise ConfigError(f"{path.name}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+            raise ConfigError(format_validation(exc, path.name)) from None
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
@@ -68,6 +103,19 @@ def add_workspace(paths: Paths, name: str, api_key: str | None) -> None:
                 workspaces[name] = tomlkit.table()
 
         _edit_config(paths, add_table)
+
+
+def rotate_token(paths: Paths, name: str) -> str:
+    """A new local token for a workspace; the old one stops working (a running daemon reloads secrets.json)."""
+    store = SecretsStore(paths.secrets_file)
+    data = store.read()
+    if name not in data["workspaces"] and not workspace_exists(paths, name):
+        raise ConfigError(f"no workspace named {name!r} (see `llmtune-companion workspace list`)")
+    token = new_token()
+    data["workspaces"].setdefault(name, {})["token"] = token
+    paths.ensure()
+    store.write(data)
+    return token
 
 
 def remove_workspace(paths: Paths, name: str) -> bool:
@@ -103,18 +151,19 @@ def _workspace_table(document: Any, name: str) -> Any:
 
 
 def set_workspace(paths: Paths, name: str, *, root: str | None = None, tools: str | None = None) -> None:
-    """Set a workspace's tool root and mode in config.toml, validating the result before saving."""
+    """Set a workspace's tool root and mode in config.toml, validating the result before saving.
+
+    `root=""` clears the root (it never means the current directory)."""
     check_name(name)
     read_settings(paths.config_file)
-    if root is not None:
-        resolved = Path(root).expanduser().resolve()
-        if not resolved.is_dir():
-            raise ConfigError(f"root {root!r} is not a directory")
-        root = str(resolved)
+    if root:
+        root = check_root(paths, root)
 
     def change(document: Any) -> None:
         table = _workspace_table(document, name)
-        if root is not None:
+        if root == "":
+            table.pop("root", None)
+        elif root is not None:
             table["root"] = root
         if tools is not None:
             table["tools"] = tools

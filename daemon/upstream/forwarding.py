@@ -14,10 +14,11 @@ from dataclasses import dataclass, replace
 import orjson
 
 from ..adapters import Backend, BackendRequest, BackendResponse, BackendUnavailable, PoolTimeout, UpstreamBroken
-from ..config.settings import UpstreamSettings, Workspace
+from ..config.settings import HOSTED_BACKEND, UpstreamSettings, Workspace
 from ..errors import CompanionError
+from ..logs import redact
 from ..runtime import Runtime
-from .routing import Route
+from .routing import Route, missing_key_message, not_configured_message
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,34 @@ log = logging.getLogger(__name__)
 # The OpenAI SDKs retry a 5xx or 429 unless the answer says not to; after our own retries they must not
 # (3 SDK tries x 3 of ours = 9 upstream calls for one failed turn).
 SHOULD_RETRY_HEADER = "x-should-retry"
+
+# Endpoints whose hosted 404 means "no such model" (a platform path's 404 is about a job or a path).
+MODEL_ENDPOINTS = frozenset({"chat", "agent_chat", "completions", "embeddings"})
+# Longest hosted 404 body read to quote its message.
+NOT_FOUND_BODY_LIMIT = 64 * 1024
+
+
+async def unknown_hosted_model(runtime: Runtime, route: Route, response: BackendResponse) -> CompanionError:
+    """The hosted API does not know the id (nor lists it): say it went there because nothing local claims it.
+
+    The upstream's own error is kept in `details.upstream`."""
+    try:
+        body = await response.read(NOT_FOUND_BODY_LIMIT)
+    except Exception:
+        body = b""
+    finally:
+        await response.aclose()
+    upstream: object = None
+    try:
+        upstream = orjson.loads(body).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    said = upstream.get("message") if isinstance(upstream, dict) else None
+    quoted = f" ({redact(said)})" if isinstance(said, str) else ""
+    return CompanionError(404, f"the hosted LLMTune API answered 404{quoted}: "
+                               f"{runtime.router.sent_to_hosted(route.model)}",
+                          "model_not_found", {"model": route.model, "backend": HOSTED_BACKEND,
+                                              "upstream_status": 404, "upstream": upstream})
 
 
 @dataclass(slots=True)
@@ -66,7 +95,8 @@ async def send_with_retries(
     while True:
         response = await backend.handle(request)
         status = response.status
-        if attempt >= policy.max_retries or not (status == 429 or status >= 500):
+        # 501: the backend cannot do this at all (boto3 missing ...); asking again cannot help.
+        if attempt >= policy.max_retries or not (status == 429 or (status >= 500 and status != 501)):
             return response, attempt
         wait = retry_after_seconds(response.headers.get("Retry-After"))
         if status == 429 and wait is None:
@@ -91,14 +121,14 @@ async def forward(
         backend = runtime.backends.get(route.backend)
         failure: CompanionError | None = None
         if backend is None:
-            failure = CompanionError(404, f"backend {route.backend!r} is not configured", "backend_not_found")
+            named = f"{route.backend}/{route.model}" if route.prefixed else route.model
+            failure = CompanionError(404, not_configured_message(named, route.backend, runtime.backends),
+                                     "backend_not_found", {"backend": route.backend})
         elif backend.injects_workspace_key and not request.api_key:
-            failure = CompanionError(
-                401,
-                f"workspace {workspace.name!r} has no LLMTune key: run `llmtune-companion workspace add "
-                f"{workspace.name} --key-stdin` or set LLMTUNE_API_KEY",
-                "missing_api_key",
-            )
+            message = missing_key_message(workspace.name)
+            if runtime.router.suggestion(route.model) is not None:
+                message += f" ({runtime.router.sent_to_hosted(route.model)})"
+            failure = CompanionError(401, message, "missing_api_key")
         else:
             try:
                 response, retries = await send_with_retries(backend, request, policy)
@@ -106,10 +136,16 @@ async def forward(
                 failure = CompanionError(503, str(exc), "upstream_pool_timeout", {"backend": backend.name})
             except BackendUnavailable as exc:
                 code = "upstream_timeout" if exc.timeout else "upstream_unreachable"
-                failure = CompanionError(504 if exc.timeout else 502, str(exc), code, {"backend": backend.name})
+                message = str(exc)
+                if backend.injects_workspace_key and runtime.router.suggestion(route.model) is not None:
+                    message += f" ({runtime.router.sent_to_hosted(route.model)})"
+                failure = CompanionError(504 if exc.timeout else 502, message, code, {"backend": backend.name})
             except UpstreamBroken as exc:
                 failure = CompanionError(502, str(exc), "upstream_broken", {"backend": backend.name})
             else:
+                if (response.status == 404 and backend.injects_workspace_key and request.endpoint in MODEL_ENDPOINTS
+                        and await runtime.model_is_listed(backend, route.model, workspace) is False):
+                    raise await unknown_hosted_model(runtime, route, response)
                 bad = response.status >= 500 or response.status == 402
                 if not (bad and route.fallback and fallback_from is None):
                     if backend.kind == "llmtune" and not bad:

@@ -173,6 +173,16 @@ class JobTracker:
         self._schedule(tracked.id, reset=True, now=job is None)
         return tracked
 
+    def forget(self, job_id: str) -> TrackedJob | None:
+        """Stop watching a job (a mistyped id, a job no longer wanted); None when it was not tracked."""
+        tracked = self.jobs.pop(job_id, None)
+        if tracked is not None:
+            self._due.pop(job_id, None)
+            self._interval.pop(job_id, None)
+            self._save()
+            self._wake.set()
+        return tracked
+
     async def observe(self, job_id: str, job: dict[str, Any]) -> None:
         """A client fetched a tracked job itself: the same transitions as a poll."""
         tracked = self.jobs.get(job_id)

@@ -273,6 +273,8 @@ def fuzz_routes(home: Paths) -> list[tuple[str, str]]:
             continue
         if route.resource is not None and route.resource.canonical == "/companion/v1/events":
             continue  # an endless event stream by design
+        if route.resource is not None and route.resource.canonical == "/companion/v1/shutdown":
+            continue  # stops the daemon by design (tests/daemon/cli/test_lifecycle.py)
         info = route.resource.get_info() if route.resource is not None else {}
         template = info.get("formatter") or info.get("path")
         if template:

@@ -633,7 +633,11 @@ async def test_real_upstream_errors_pass_through(hosted: Daemon, standin: StandI
     async with hosted.openai() as client:
         with pytest.raises(openai.NotFoundError) as missing:
             await client.chat.completions.create(model="no/such-model", messages=HELLO)
-        assert missing.value.response.json()["error"]["details"] == {"model": "no/such-model"}
+        # An id nothing local claims and the hosted list lacks: the answer says where it went and why.
+        error = missing.value.response.json()["error"]
+        assert error["code"] == "model_not_found" and error["details"]["model"] == "no/such-model"
+        assert "hosted LLMTune API answered 404 (Model 'no/such-model' not found)" in error["message"]
+        assert error["details"]["upstream"]["details"] == {"model": "no/such-model"}
         with pytest.raises(openai.BadRequestError) as bad:
             await client.chat.completions.create(model=HOSTED, messages=HELLO, temperature=5)
         assert bad.value.response.json()["error"]["code"] == "INVALID_REQUEST"

@@ -283,8 +283,8 @@ async def test_models_in_process_without_a_daemon(cli: CLI, standin: StandIn) ->
     # ... unless it asks for a refresh.
     standin.api.add_model("workspace/fresh-one")
     refreshed = await cli.inproc("models", "--refresh")
-    assert "workspace/fresh-one" in refreshed.out
-    assert standin.api.calls_by_path[MODELS_PATH] == 2
+    assert "workspace/fresh-one" in refreshed.out and refreshed.err == ""  # every backend answered
+    assert standin.api.calls_by_path[MODELS_PATH] == 3  # the refresh, and the probe that checks every backend
     for request in standin.api.requests:
         assert_same_secret(request.headers["Authorization"], f"Bearer {WORKSPACE_KEY}", "key sent upstream")
     cli.assert_no_secret_printed()
@@ -323,10 +323,10 @@ async def test_serve_and_manage_a_running_daemon(
     async with http.get(served.url + "/healthz") as response:
         assert response.status == 200
 
-    status = await cli.run("status")
+    status = await cli.run("status", "--no-probe")  # probes: tests/daemon/cli/test_status.py
     assert status.code == 0, status.err
     assert f"running at {served.url}" in status.out and "workspace: default (key from secrets)" in status.out
-    as_json = await cli.inproc("status", "--json")
+    as_json = await cli.inproc("status", "--json", "--no-probe")
     assert as_json.code == 0
     report = orjson.loads(as_json.out)
     assert report["running"] is True and report["url"] == served.url and report["config"]["valid"] is True
@@ -341,11 +341,11 @@ async def test_serve_and_manage_a_running_daemon(
     standin.api.add_model("workspace/just-trained")
     refreshed = await cli.run("models", "--refresh")
     assert "workspace/just-trained" in refreshed.out
-    assert standin.api.calls_by_path[MODELS_PATH] == 2
+    assert standin.api.calls_by_path[MODELS_PATH] == 3  # the refresh, and the probe that checks every backend
     # The stale marker shows in status once the upstream fails.
     standin.api.fail_next(500, times=3, path_prefix=MODELS_PATH)
     assert (await cli.inproc("models", "--refresh")).code == 0  # served from the cache, marked stale
-    stale = await cli.inproc("status")
+    stale = await cli.inproc("status", "--no-probe")
     assert "STALE" in stale.out and "HTTP 500" in stale.out
 
     # A run with errors, to check the log afterwards.
@@ -357,12 +357,18 @@ async def test_serve_and_manage_a_running_daemon(
         assert response.status == 500
         cli.printed.append(await response.text())
 
-    # A second serve on the same port fails, naming the port and who holds it.
-    busy = await cli.run("serve", "--port", str(served.port))
-    assert busy.code != 0
-    assert f"port {served.port}" in busy.err and "already in use" in busy.err
-    assert f"pid {served.process.pid}" in busy.err
-    assert orjson.loads(cli.paths.daemon_file.read_bytes())["pid"] == served.process.pid  # left alone
+    # A second serve on the same settings directory, on any port, refuses, naming the running one.
+    for port in (str(served.port), "0"):
+        second = await cli.run("serve", "--port", port)
+        assert second.code == 1 and "Traceback" not in second.err
+        assert f"pid {served.process.pid}" in second.err and "already serving this settings directory" in second.err
+        assert served.url in second.err and "llmtune-companion stop" in second.err
+        assert orjson.loads(cli.paths.daemon_file.read_bytes())["pid"] == served.process.pid  # left alone
+    assert (await cli.inproc("status")).code == 0  # the first one is still found
+    # Another settings directory on the same port: the port is busy.
+    other = {**cli.env, HOME_ENV: str(tmp_path / "other-home")}
+    busy = await cli.run("serve", "--port", str(served.port), **other)
+    assert busy.code == 1 and f"port {served.port}" in busy.err and "already in use" in busy.err
 
     assert await served.stop(signal.SIGTERM) == 0
     assert not cli.paths.daemon_file.exists()

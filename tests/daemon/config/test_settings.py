@@ -59,8 +59,8 @@ def test_defaults_without_any_file(home: Paths) -> None:
     assert list(config.workspaces) == ["default"]
     default = config.workspaces["default"]
     assert not default.has_key and default.key_source == "none"
-    # Reading settings never writes a config.toml for the user.
-    assert not home.config_file.exists()
+    # The first read writes the commented template (every setting at its default, commented out).
+    assert home.config_file.read_text(encoding="utf-8").startswith("## llmtune-companion settings")
     assert Settings() == read_settings(home.config_file)
 
 

@@ -131,7 +131,7 @@ async def test_errors_before_the_stream_raise(start_daemon: StartDaemon, standin
     daemon = await hosted(start_daemon, standin)
     cases: list[tuple[LLMClient, dict[str, Any], int, str]] = [
         (LLMClient(daemon.url, "lct_wrong"), {}, 401, "invalid_token"),
-        (client_for(daemon), {"model": "no-such/model"}, 404, "upstream_error"),
+        (client_for(daemon), {"model": "no-such/model"}, 404, "model_not_found"),
         (client_for(daemon), {"max_tokens": 0}, 400, "invalid_request"),
     ]
     for client, options, status, code in cases:
