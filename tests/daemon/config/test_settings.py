@@ -424,7 +424,7 @@ def test_tray_notifications_default_on_and_can_be_turned_off(home: Paths) -> Non
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("[tray]\nnotify_jobs = \"no\"\n", "tray.notify_jobs: Input should be a valid boolean"),
+    ("[tray]\nnotify_jobs = \"no\"\n", "tray.notify_jobs: Input should be true or false"),
     ("[tray]\nnotify_everything = false\n", "tray.notify_everything: unknown key (expected one of: notify_approvals"),
 ])
 def test_bad_tray_settings_name_the_field(home: Paths, text: str, expected: str) -> None:
