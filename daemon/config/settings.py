@@ -6,7 +6,6 @@ config.toml holds what a person edits (server, backends, routes, workspaces); se
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import secrets
@@ -21,12 +20,15 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..adapters import BackendSettings, BackendTable, check_http_url
+from ..adapters.http1 import is_loopback
 from ..tools.policy import ToolPolicySettings
 from .keychain import KeychainError, KeyStore
 from .paths import Paths, write_private
 from .tool_limits import ToolLimits
 
 DEFAULT_PORT = 8742
+# One loopback test for the listener, the Host guard and the upstream client.
+is_loopback_host = is_loopback
 DEFAULT_HOSTED_URL = "https://api.llmtune.io"
 DEFAULT_WORKSPACE = "default"
 HOSTED_BACKEND = "llmtune"
@@ -303,16 +305,6 @@ def secrets_status(config: Config) -> dict[str, Any]:
     """Where the keys are, for `status`: "keyring" (naming the keychain), "file", or "auto" while none is stored."""
     return {"backend": config.secrets_backend, "keychain": config.keychain,
             "setting": config.settings.secrets.backend, "warnings": list(config.secrets_warnings)}
-
-
-def is_loopback_host(host: str) -> bool:
-    name = host.strip("[]").lower()
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def new_token() -> str:
