@@ -90,6 +90,14 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data, default=str), content_type="application/json", status=status)
 
 
+def _only_fields(body: dict[str, Any], field: str) -> None:
+    """Refuse a body carrying anything but `field`: a typo must not pass as a no-op."""
+    unknown = sorted(set(body) - {field})
+    if unknown:
+        raise CompanionError(400, f"unknown field(s) {', '.join(map(repr, unknown))} (expected {field!r})",
+                             "invalid_body")
+
+
 async def _json_body(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
     """The request's JSON object; `{}` for an empty body when `optional`."""
     raw = await request.content.read(MAX_CONTROL_BODY + 1)
@@ -220,10 +228,7 @@ async def set_workspace_tools(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     name = request.match_info["name"]
     body = await _json_body(request)
-    unknown = sorted(set(body) - {"tools"})
-    if unknown:
-        raise CompanionError(400, f"unknown field(s) {', '.join(map(repr, unknown))} (expected 'tools')",
-                             "invalid_body")
+    _only_fields(body, "tools")
     tools = body.get("tools")
     if tools not in TOOL_MODES:
         raise CompanionError(400, "'tools' must be \"passthrough\", \"gate\" or \"execute\"", "invalid_body")

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from ..adapters import BackendRequest
-from ..api.control import _json, _json_body, _optional_str
+from ..api.control import _json, _json_body, _only_fields, _optional_str
 from ..appkeys import DASHBOARD_AUTH, RUNTIME
 from ..config.settings import ConfigError, Workspace
 from ..errors import CompanionError
@@ -274,10 +274,7 @@ async def set_key(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     name = request.match_info["name"]
     body = await _json_body(request)
-    unknown = sorted(set(body) - {"api_key"})
-    if unknown:
-        raise CompanionError(400, f"unknown field(s) {', '.join(map(repr, unknown))} (expected 'api_key')",
-                             "invalid_body")
+    _only_fields(body, "api_key")
     key = body.get("api_key")
     if not isinstance(key, str) or not key.strip().startswith("sk_") or len(key.strip()) > 512 \
             or any(ch.isspace() for ch in key.strip()):
